@@ -1,0 +1,101 @@
+"""The `chatforge` command: one thin subcommand per stage, plus `run` for all of them in order.
+
+    chatforge run       [--recipe R] [--run runs/NAME] [--set section.key=value ...]
+    chatforge world     --run runs/NAME
+    chatforge tokenizer --run runs/NAME
+    chatforge pretrain  --run runs/NAME [--init HF_DIR]
+    chatforge eval      --run runs/NAME --stage base
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from chatforge.errors import UserError
+
+DEFAULT_RUN = "runs/laptop"
+
+
+def _common(p: argparse.ArgumentParser):
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default: {DEFAULT_RUN})")
+    p.add_argument("--recipe", type=Path, help="YAML recipe (default: the run's recipe.yaml, else the laptop defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one recipe value, e.g. --set pretrain.steps=200 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatforge", description="Train your own ChatGPT, end to end.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in [
+        ("run", "all stages in order (each skips when done, resumes when partial)"),
+        ("world", "generate the built-in bilingual world: facts, corpus, dialogues, prompts, eval sets"),
+        ("tokenizer", "train the byte-level BPE tokenizer on the corpus"),
+        ("pretrain", "next-token pretraining on the corpus mixture -> base/"),
+        ("eval", "evaluate a stage's model on the world's evaluation sets"),
+    ]:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        if name == "pretrain":
+            p.add_argument("--init", help="start from this local Hugging Face causal-LM directory")
+        if name == "eval":
+            p.add_argument("--stage", default="base", help="which stage's model to evaluate (default: base)")
+    return parser
+
+
+def resolve_recipe(args):
+    """--recipe, else the run's saved recipe, else defaults; then --set overrides. Saved as recipe.yaml."""
+    from chatforge import dist
+    from chatforge.config import load_recipe, save_yaml, to_dict
+
+    run_dir = Path(args.run)
+    saved = run_dir / "recipe.yaml"
+    path = args.recipe or (saved if saved.exists() else None)
+    overrides = list(args.overrides)
+    if getattr(args, "init", None):
+        overrides.append(f"pretrain.init={args.init}")
+    recipe = load_recipe(path, overrides)
+    if dist.get().is_main:
+        save_yaml(to_dict(recipe), saved)
+    return run_dir, recipe
+
+
+def dispatch(args):
+    from transformers.utils import logging as hf_logging
+
+    from chatforge import dist, pipeline
+
+    hf_logging.disable_progress_bar()  # per-file loading bars drown our own progress display
+    dist.init()
+    run_dir, recipe = resolve_recipe(args)
+    if args.command == "run":
+        pipeline.run_all(run_dir, recipe)
+    elif args.command == "world":
+        pipeline.stage_world(run_dir, recipe)
+    elif args.command == "tokenizer":
+        pipeline.stage_tokenizer(run_dir, recipe)
+    elif args.command == "pretrain":
+        from chatforge.train import pretrain
+
+        pretrain.run(run_dir, recipe)
+    elif args.command == "eval":
+        pipeline.stage_eval(run_dir, args.stage)
+    dist.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        dispatch(args)
+    except UserError as e:
+        print(f"chatforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nchatforge {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Typed configuration: one dataclass per stage, a YAML recipe, overrides from the command line.
+
+A recipe is a YAML mapping whose top-level keys are the sections of `Recipe`. Every key is
+checked against the dataclass fields: an unknown key or a value of the wrong type is a
+`ConfigError` naming the file and the dotted field. The resolved recipe is written to
+`runs/<name>/recipe.yaml` and the stage's own section beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from chatforge.errors import ConfigError
+from chatforge.world.config import WorldConfig
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 2048  # total size, specials included; each CJK character of the corpus needs ~1-2 merges
+    min_frequency: int = 2  # a pair is merged only if it occurs at least this often
+
+    def __post_init__(self):
+        if self.vocab_size < 300:
+            raise ConfigError("tokenizer.vocab_size must be at least 300 (256 bytes + specials + merges)")
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 256  # hidden size
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads (head dim = d_model / n_heads)
+    n_kv_heads: int = 4  # key/value heads (grouped-query attention when < n_heads)
+    d_ff: int = 688  # MLP inner size (SwiGLU; ~8/3 of d_model, a multiple of 16)
+    max_seq_len: int = 128  # longest context the position encoding is set up for
+    rope_theta: float = 10000.0  # RoPE base
+    tie_embeddings: bool = True  # share the input embedding and the unembedding
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})")
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 450  # optimizer steps
+    batch_size: int = 32  # sequences per optimizer step, summed over all processes (the global batch)
+    micro_batch_size: int = 32  # sequences per forward pass on one process; accumulation fills the rest
+    seq_len: int = 128  # tokens per packed sequence
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 30  # linear warm-up from 0 to lr
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (not applied to norms and biases)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
+    mixture: dict[str, float] = field(default_factory=dict)  # source -> weight; empty: proportional to size
+    corpus: str = ""  # folder of <source>/ subfolders of .jsonl/.txt files; empty: the run's data/corpus
+    init: str = ""  # start from this local Hugging Face causal-LM directory instead of a fresh model
+    eval_every: int = 100  # held-out loss per source every this many steps (and at the end)
+    eval_sequences: int = 64  # held-out sequences per source
+    save_every: int = 50  # checkpoint every this many steps (and at the end)
+    sample_every: int = 150  # print greedy continuations of sample_prompts every this many steps (0: never)
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["中国的首都是", "The capital of France is", "Where was", "你知道"]
+    )
+    seed: int = 1234  # model init and data order
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = True  # torch.compile the model (~10 s once, then ~20% faster on CPU); eager if it fails
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "micro_batch_size", "seq_len", "eval_every", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"pretrain.{name} must be positive, got {getattr(self, name)}")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"pretrain.batch_size ({self.batch_size}) must be a multiple of "
+                f"pretrain.micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"pretrain.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        for source, weight in self.mixture.items():
+            if weight < 0:
+                raise ConfigError(f"pretrain.mixture.{source} must be >= 0, got {weight}")
+
+
+@dataclass
+class Recipe:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+# ----------------------------------------------------------------------------- building from plain data
+
+
+def _check_type(value, hint, where: str):
+    """Return `value` converted to `hint`, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string; whoever wrote it meant a number
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool):
+        if type(value) is not hint:
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_t, val_t = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_check_type(k, key_t, where): _check_type(v, val_t, f"{where}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} does not match {hint}")
+    raise AssertionError(f"unsupported config type {hint} at {where}")
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a (possibly partial) mapping, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key {path!r} (known: {', '.join(sorted(names))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, path)
+        else:
+            kwargs[key] = _check_type(value, hint, path)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # __post_init__ of dataclasses defined outside this module
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(data: dict, dotted: str, value):
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'pretrain.lr=1e-3' -> ('pretrain.lr', 0.001); the value is read as a YAML scalar."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe file not found") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    return data
+
+
+def load_recipe(path: Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Defaults, then the YAML file (if any), then `section.key=value` overrides."""
+    data = read_yaml(path) if path else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    try:
+        return from_dict(Recipe, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def save_yaml(data: dict, path: Path):
+    from chatforge.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, allow_unicode=True, sort_keys=False))

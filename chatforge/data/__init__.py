@@ -1,0 +1,1 @@
+"""Readers and validation for user and world data; mixture sampling and packing for pretraining."""

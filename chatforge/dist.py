@@ -1,0 +1,111 @@
+"""Distributed setup, in one place. Single-process runs go through the same calls and skip the collectives.
+
+Launch with `torchrun --nproc_per_node N chatforge ...`: torchrun sets RANK, WORLD_SIZE and
+LOCAL_RANK, and `init()` picks NCCL on CUDA and gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+_state = Dist()
+
+
+def init(device: str = "auto") -> Dist:
+    """Join the process group if torchrun started us; choose the device; share the CPU cores fairly."""
+    global _state
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda:
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+        # N processes on one machine would each start a thread per core and fight over them.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if world_size > 1 and not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    _state = Dist(rank, world_size, local_rank, dev)
+    return _state
+
+
+def get() -> Dist:
+    return _state
+
+
+def print0(*args, **kwargs):
+    if _state.is_main:
+        print(*args, **kwargs, flush=True)
+
+
+def barrier():
+    if _state.enabled:
+        torch_dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of `t` over processes (a new tensor; `t` is untouched)."""
+    if not _state.enabled:
+        return t.clone()
+    out = t.detach().clone()
+    torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
+    return out / _state.world_size
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if not _state.enabled:
+        return t.clone()
+    out = t.detach().clone()
+    torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
+    return out
+
+
+def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The one place a model is made distributed: DDP when there are several processes."""
+    if not _state.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [_state.local_rank] if _state.device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def no_sync(model: torch.nn.Module, sync: bool):
+    """Skip DDP's gradient all-reduce on accumulation micro-steps; sync on the last one."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def shutdown():
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

@@ -1,0 +1,108 @@
+"""Batched sampling with a KV cache: greedy, temperature, top-k, top-p; left padding; stop tokens.
+
+Prompts are padded on the left so every row's next token sits in the last column; positions
+count only real tokens, so a padded prompt is continued exactly as it would be alone.
+Used by pretraining samples and evaluation now, and by sampling, PPO, chat and serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generation:
+    tokens: list[int]  # generated ids, without the stop token
+    finished: bool  # True if a stop token ended it, False if it ran out of max_new_tokens
+
+
+def sample_next(
+    logits_BV: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, generator=None
+) -> torch.Tensor:
+    """Next token per row [B] from logits [B, V]; temperature 0 is greedy (argmax)."""
+    if temperature <= 0:
+        return logits_BV.argmax(dim=-1)
+    logits = logits_BV.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays)
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [B, L], attention mask [B, L]) with every prompt right-aligned."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    *,
+    pad_id: int,
+    stop_ids: list[int],
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[Generation]:
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    next_pos = positions[:, -1:] + 1
+    stops = torch.tensor(stop_ids, device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    new_tokens = []
+    for _ in range(max_new_tokens):
+        tok = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        new_tokens.append(tok)
+        done |= torch.isin(tok, stops)
+        if done.all():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        next_pos = next_pos + 1
+    return _collect(torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in prompts], set(stop_ids))
+
+
+def _collect(rows: list[list[int]], stops: set[int]) -> list[Generation]:
+    results = []
+    for row in rows:
+        cut = next((i for i, t in enumerate(row) if t in stops), None)
+        results.append(Generation(row if cut is None else row[:cut], cut is not None))
+    return results
+
+
+def complete(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = 64, **sampling) -> list[str]:
+    """Plain-text continuations of plain-text prompts (no chat template), in batches."""
+    eos = model.generation_config.eos_token_id
+    stop_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
+    outputs = []
+    for i in range(0, len(texts), batch_size):
+        chunk = [tokenizer.encode(t, add_special_tokens=False) for t in texts[i : i + batch_size]]
+        gens = generate(model, chunk, max_new_tokens, pad_id=tokenizer.pad_token_id, stop_ids=stop_ids, **sampling)
+        outputs += [tokenizer.decode(g.tokens) for g in gens]
+    return outputs

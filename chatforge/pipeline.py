@@ -1,0 +1,86 @@
+"""`chatforge run`: the stages in order, each skipping when its output is complete and resuming when partial."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from chatforge import dist
+from chatforge.config import Recipe
+from chatforge.errors import DataError
+from chatforge.io import read_jsonl
+
+# Stages still to come (SFT, reward model, PPO) will be added here as they land.
+STAGES = ["world", "tokenizer", "pretrain", "eval"]
+
+
+def stage_world(run_dir: Path, recipe: Recipe) -> dict:
+    from chatforge.world import build_world
+
+    data_dir = Path(run_dir) / "data"
+    manifest = data_dir / "world.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+        print(f"world: {data_dir} is complete, skipping")
+        return json.loads(manifest.read_text())
+    t0 = time.time()
+    result = build_world(recipe.world, data_dir)
+    print(f"world: wrote {data_dir} in {time.time() - t0:.1f}s: " + json.dumps(result.get("counts", {}), ensure_ascii=False)[:400])
+    return result
+
+
+def tokenizer_texts(run_dir: Path):
+    """The world's name-scrambled tokenizer corpus if there is one, else every training document."""
+    from chatforge.data.corpus import discover_sources, read_documents
+
+    data_dir = Path(run_dir) / "data"
+    special = data_dir / "tokenizer_corpus.jsonl"
+    if special.exists():
+        for lineno, obj in read_jsonl(special):
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise DataError(f"{special}:{lineno}: field 'text' is missing or not a string")
+            yield obj["text"]
+        return
+    for src in discover_sources(data_dir / "corpus").values():
+        for f in src.train_files:
+            yield from read_documents(f)
+
+
+def stage_tokenizer(run_dir: Path, recipe: Recipe):
+    import shutil
+
+    from chatforge.tokenizer import load_tokenizer, train_tokenizer
+
+    out = Path(run_dir) / "tokenizer"
+    if (out / "tokenizer.json").exists():
+        print(f"tokenizer: {out} is complete, skipping")
+        return load_tokenizer(out)
+    t0 = time.time()
+    tmp = out.with_name("tokenizer.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = train_tokenizer(tokenizer_texts(run_dir), tmp, recipe.tokenizer.vocab_size, recipe.tokenizer.min_frequency)
+    tmp.rename(out)  # whole or absent
+    print(f"tokenizer: {len(tok)} tokens, trained in {time.time() - t0:.1f}s -> {out}")
+    return tok
+
+
+def stage_eval(run_dir: Path, stage: str = "base") -> dict:
+    from chatforge.eval import evaluate_stage, format_table
+
+    result = evaluate_stage(run_dir, stage)
+    print(format_table(result))
+    return result
+
+
+def run_all(run_dir: Path, recipe: Recipe):
+    from chatforge.train import pretrain
+
+    t0 = time.time()
+    stage_world(run_dir, recipe)
+    stage_tokenizer(run_dir, recipe)
+    pretrain.run(run_dir, recipe)
+    stage_eval(run_dir, "base")
+    print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s. Stages so far: world -> tokenizer -> pretrain -> eval.\n"
+          f"SFT, the reward model and PPO are not built yet; the base model in {Path(run_dir) / 'base'} continues\n"
+          f"text but does not answer questions.")
+    dist.barrier()

@@ -1,0 +1,1 @@
+"""Training stages: loop.py holds what they share; each stage file holds its own loop."""

@@ -1,0 +1,71 @@
+"""Shared fixtures: a small synthetic corpus and a trained tokenizer, independent of the built-in world."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A pretraining run small enough for seconds on two CPU cores.
+TINY_PRETRAIN = [
+    "model.d_model=64", "model.d_ff=128", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
+    "model.max_seq_len=64", "tokenizer.vocab_size=400",
+    "pretrain.batch_size=8", "pretrain.micro_batch_size=4", "pretrain.seq_len=32", "pretrain.warmup_steps=5",
+    "pretrain.eval_every=10", "pretrain.eval_sequences=8", "pretrain.save_every=10", "pretrain.sample_every=0",
+    "pretrain.compile=false",
+]
+
+CAPITALS = {"France": ("Paris", "法国", "巴黎"), "China": ("Beijing", "中国", "北京"), "Japan": ("Tokyo", "日本", "东京")}
+
+
+def write_corpus(corpus_dir: Path, docs_per_source: int = 200, seed: int = 0):
+    rng = random.Random(seed)
+    for source in ("encyclopedia", "forum"):
+        d = corpus_dir / source
+        d.mkdir(parents=True, exist_ok=True)
+        for name, n in (("train-00000.jsonl", docs_per_source), ("val.jsonl", 10)):
+            with open(d / name, "w", encoding="utf-8") as f:
+                for i in range(n):
+                    en, (cap, zh, zcap) = rng.choice(list(CAPITALS.items()))
+                    text = (f"The capital of {en} is {cap}. {zh}的首都是{zcap}。" if source == "encyclopedia"
+                            else f"Q: capital of {en}? A: {cap}! #{i}")
+                    f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+
+
+def cli(*args: str, env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-m", "chatforge.cli", *args], capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"chatforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def corpus_run(tmp_path_factory) -> Path:
+    """A run directory with data/corpus and a trained tokenizer; copy it before training in it."""
+    run = tmp_path_factory.mktemp("corpus") / "run"
+    write_corpus(run / "data" / "corpus")
+    cli("tokenizer", "--run", str(run), *[x for o in TINY_PRETRAIN for x in ("--set", o)])
+    return run
+
+
+@pytest.fixture
+def fresh_run(corpus_run, tmp_path):
+    def make(name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(corpus_run, dst)
+        return dst
+
+    return make
+
+
+def overrides(*extra: str) -> list[str]:
+    return [x for o in (*TINY_PRETRAIN, *extra) for x in ("--set", o)]

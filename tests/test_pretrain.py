@@ -1,0 +1,136 @@
+"""Pretraining end to end on a synthetic corpus: kill -9 and resume, DDP parity, HF loading, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatforge.train.loop import read_metrics
+from conftest import cli, overrides
+
+pytestmark = pytest.mark.slow
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run / "base" / "metrics.jsonl")}
+
+
+def test_kill_and_resume_matches_uninterrupted(fresh_run):
+    steps = "pretrain.steps=60"
+    straight = fresh_run("straight")
+    cli("pretrain", "--run", str(straight), *overrides(steps))
+
+    killed = fresh_run("killed")
+    cmd = [sys.executable, "-m", "chatforge.cli", "pretrain", "--run", str(killed), *overrides(steps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "base" / "checkpoints" / "LATEST"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "base" / "summary.json").exists(), "the run finished before it could be killed"
+    saved_step = int(latest.read_text().split("-")[1])
+    assert 0 < saved_step < 60
+
+    out = cli("pretrain", "--run", str(killed), *overrides(steps))
+    assert f"resuming from step {saved_step}" in out.stdout
+    a, b = losses(straight), losses(killed)
+    assert sorted(a) == sorted(b) == list(range(1, 61))  # no step lost or logged twice
+    assert abs(a[60] - b[60]) < 1e-4
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-4
+    # A finished stage does no more work.
+    again = cli("pretrain", "--run", str(killed), *overrides(steps))
+    assert "complete, skipping" in again.stdout
+
+
+def test_two_processes_match_one(fresh_run):
+    steps = "pretrain.steps=12"
+    one = fresh_run("one")
+    cli("pretrain", "--run", str(one), *overrides(steps))
+    two = fresh_run("two")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "chatforge.cli", "--", "pretrain", "--run", str(two), *overrides(steps)]  # "--": torchrun would read --run as its own --run-path
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("pretrain: done") == 1  # rank 0 alone reports and saves
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b)
+    for step in a:
+        assert abs(a[step] - b[step]) < 2e-3 * max(1.0, abs(a[step])), (step, a[step], b[step])
+    assert json.loads((two / "base" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_transformers_loads_and_generates(fresh_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = fresh_run("hf")
+    cli("pretrain", "--run", str(run), *overrides("pretrain.steps=10"))
+    model = AutoModelForCausalLM.from_pretrained(run / "base")
+    tok = AutoTokenizer.from_pretrained(run / "base")
+    ids = tok("The capital of", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    assert (run / "base" / "chat_template.jinja").exists()
+    cfg = json.loads((run / "base" / "stage_config.json").read_text())
+    assert cfg["pretrain"]["steps"] == 10
+
+
+def test_init_from_a_hugging_face_directory(fresh_run):
+    first = fresh_run("first")
+    cli("pretrain", "--run", str(first), *overrides("pretrain.steps=5"))
+    second = fresh_run("second")
+    cli("pretrain", "--run", str(second), "--init", str(first / "base"), *overrides("pretrain.steps=5", "pretrain.lr=0.0"))
+    # lr 0: the second run's weights are the first run's final weights
+    from safetensors.torch import load_file
+
+    a, b = load_file(first / "base" / "model.safetensors"), load_file(second / "base" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_that_is_not_a_causal_lm_is_refused(fresh_run, tmp_path):
+    run = fresh_run("bad_init")
+    (tmp_path / "notlm").mkdir()
+    (tmp_path / "notlm" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    proc = cli("pretrain", "--run", str(run), "--init", str(tmp_path / "notlm"), *overrides(), check=False)
+    assert proc.returncode == 2
+    assert "architectures" in proc.stderr and "not a causal language model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_broken_corpus_line_names_file_and_line(fresh_run):
+    run = fresh_run("broken")
+    shard = run / "data" / "corpus" / "forum" / "train-00000.jsonl"
+    lines = shard.read_text().splitlines()
+    lines[6] = '{"text": "unterminated'
+    shard.write_text("\n".join(lines) + "\n")
+    tokenizer_before = (run / "tokenizer" / "tokenizer.json").read_bytes()
+    proc = cli("pretrain", "--run", str(run), *overrides(), check=False)
+    assert proc.returncode == 2
+    assert f"{shard}:7: broken JSON line" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (run / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer_before  # nothing destroyed
+
+
+def test_missing_text_field_and_empty_corpus(fresh_run):
+    run = fresh_run("fields")
+    shard = run / "data" / "corpus" / "forum" / "train-00000.jsonl"
+    shard.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    proc = cli("pretrain", "--run", str(run), *overrides(), check=False)
+    assert proc.returncode == 2 and f"{shard}:2: field 'text' is missing" in proc.stderr
+
+    empty = fresh_run("empty")
+    shutil.rmtree(empty / "data" / "corpus")
+    (empty / "data" / "corpus").mkdir()
+    proc = cli("pretrain", "--run", str(empty), *overrides(), check=False)
+    assert proc.returncode == 2 and "empty corpus" in proc.stderr

@@ -1,0 +1,102 @@
+"""Fast unit tests of the pure pieces: schedule, checkpoint flattening, mixture sampling, config, eval matching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatforge.config import Recipe, load_recipe, parse_override
+from chatforge.data.mixture import MixtureSampler, eval_windows, mixture_weights
+from chatforge.errors import ConfigError, DataError
+from chatforge.eval import completes_with
+from chatforge.train.loop import _flatten, _unflatten, lr_at
+
+
+def test_lr_schedule_warmup_then_cosine():
+    kw = dict(peak=1.0, warmup=10, total=110, min_ratio=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway down the cosine
+    assert lr_at(110, **kw) == pytest.approx(0.1)
+    assert lr_at(500, **kw) == pytest.approx(0.1)
+
+
+def test_optimizer_state_round_trips_through_flat_tensors():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors = {}
+    skeleton = json.loads(json.dumps(_flatten(opt.state_dict(), "opt", tensors)))  # as written to disk
+    restored = _unflatten(skeleton, tensors)
+    original = opt.state_dict()
+    assert restored["param_groups"] == original["param_groups"]
+    for k, v in original["state"].items():
+        for name, t in v.items():
+            assert torch.equal(restored["state"][k][name], t)
+
+
+def test_mixture_batches_depend_only_on_step_and_split_across_ranks():
+    streams = {"a": torch.arange(1000), "b": torch.arange(1000, 1300)}
+    sampler = MixtureSampler(streams, {"a": 0.5, "b": 0.5}, seq_len=8, seed=3)
+    full, which = sampler.global_batch(step=7, batch_size=8)
+    again, _ = sampler.global_batch(step=7, batch_size=8)
+    assert torch.equal(full, again)
+    assert not torch.equal(full, sampler.global_batch(step=8, batch_size=8)[0])
+    halves = [sampler.rank_rows(7, 8, r, 2) for r in range(2)]
+    assert torch.equal(torch.cat(halves), full)
+    for row, src in zip(full, which):  # every window is contiguous text of one source
+        assert torch.equal(row, torch.arange(row[0], row[0] + 9))
+        assert (row[0] >= 1000) == (sampler.names[src] == "b")
+
+
+def test_mixture_weights_follow_the_recipe():
+    sampler = MixtureSampler({"a": torch.arange(500), "b": torch.arange(500)}, {"a": 0.9, "b": 0.1}, 4, 0)
+    picks = torch.cat([sampler.global_batch(s, 64)[1] for s in range(50)])
+    assert (picks == 0).float().mean().item() == pytest.approx(0.9, abs=0.03)
+    assert mixture_weights({}, {"a": 300, "b": 100}) == {"a": 0.75, "b": 0.25}
+    assert mixture_weights({"a": 2.0}, {"a": 300, "b": 100}) == {"a": 1.0, "b": 0.0}
+    with pytest.raises(DataError, match="not in the corpus"):
+        mixture_weights({"wiki": 1.0}, {"a": 1})
+
+
+def test_eval_windows_are_fixed_and_cover_the_stream():
+    w = eval_windows(torch.arange(100), seq_len=9, count=5)
+    assert w.shape == (5, 10) and w[0, 0] == 0 and w[-1, -1] == 99
+    assert eval_windows(torch.arange(4), seq_len=9, count=5).shape == (1, 10)
+
+
+def test_config_unknown_key_wrong_type_and_overrides(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain:\n  stepz: 10\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'pretrain.stepz'"):
+        load_recipe(bad)
+    bad.write_text("model:\n  d_model: big\n")
+    with pytest.raises(ConfigError, match=r"model.d_model: expected int, got str 'big'"):
+        load_recipe(bad)
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_recipe(bad)
+    r = load_recipe(None, ["pretrain.lr=3e-4", "pretrain.mixture={news: 2, code: 1}", "model.n_layers=2"])
+    assert r.pretrain.lr == 3e-4 and r.pretrain.mixture == {"news": 2.0, "code": 1.0} and r.model.n_layers == 2
+    with pytest.raises(ConfigError, match="must be divisible"):
+        load_recipe(None, ["model.d_model=100", "model.n_heads=3"])
+    assert parse_override("a.b=") == ("a.b", "")
+
+
+def test_laptop_recipe_is_the_default():
+    """recipes/laptop.yaml spells out the defaults, so reading either gives the same run."""
+    path = Path(__file__).resolve().parents[1] / "recipes" / "laptop.yaml"
+    assert load_recipe(path) == Recipe()
+
+
+@pytest.mark.parametrize("out,value,ok", [
+    (" Paris.", "Paris", True), ("Paris", "Paris", True), (" Parisville", "Paris", False),
+    ("北京。", "北京", True), (" 8849米", "8849米", True), (" 88490 metres", "8849", False), (" Rome", "Paris", False),
+])
+def test_completion_matching(out, value, ok):
+    assert completes_with(out, value) is ok
