@@ -4,6 +4,7 @@
     chatforge world     --run runs/NAME
     chatforge tokenizer --run runs/NAME
     chatforge pretrain  --run runs/NAME [--init HF_DIR]
+    chatforge sft       --run runs/NAME [--data FILE] [--lora-rank R] [--skip-invalid]
     chatforge eval      --run runs/NAME --stage base
 """
 
@@ -33,12 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("world", "generate the built-in bilingual world: facts, corpus, dialogues, prompts, eval sets"),
         ("tokenizer", "train the byte-level BPE tokenizer on the corpus"),
         ("pretrain", "next-token pretraining on the corpus mixture -> base/"),
+        ("sft", "supervised fine-tuning on dialogues, loss on assistant tokens only -> sft/"),
         ("eval", "evaluate a stage's model on the world's evaluation sets"),
     ]:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
         if name == "pretrain":
             p.add_argument("--init", help="start from this local Hugging Face causal-LM directory")
+        if name == "sft":
+            p.add_argument("--data", help="dialogue file or folder (OpenAI messages, ShareGPT or Alpaca)")
+            p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of all weights")
+            p.add_argument("--skip-invalid", action="store_true", help="skip and count malformed dialogues")
         if name == "eval":
             p.add_argument("--stage", default="base", help="which stage's model to evaluate (default: base)")
     return parser
@@ -55,6 +61,12 @@ def resolve_recipe(args):
     overrides = list(args.overrides)
     if getattr(args, "init", None):
         overrides.append(f"pretrain.init={args.init}")
+    if getattr(args, "data", None):
+        overrides.append(f"sft.data={args.data}")
+    if getattr(args, "lora_rank", None) is not None:
+        overrides.append(f"sft.lora_rank={args.lora_rank}")
+    if getattr(args, "skip_invalid", False):
+        overrides.append("sft.skip_invalid=true")
     recipe = load_recipe(path, overrides)
     if dist.get().is_main:
         save_yaml(to_dict(recipe), saved)
@@ -79,6 +91,10 @@ def dispatch(args):
         from chatforge.train import pretrain
 
         pretrain.run(run_dir, recipe)
+    elif args.command == "sft":
+        from chatforge.train import sft
+
+        sft.run(run_dir, recipe)
     elif args.command == "eval":
         pipeline.stage_eval(run_dir, args.stage)
     dist.shutdown()

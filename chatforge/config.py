@@ -32,11 +32,11 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    d_model: int = 256  # hidden size
+    d_model: int = 192  # hidden size
     n_layers: int = 4  # transformer blocks
     n_heads: int = 4  # attention heads (head dim = d_model / n_heads)
     n_kv_heads: int = 4  # key/value heads (grouped-query attention when < n_heads)
-    d_ff: int = 688  # MLP inner size (SwiGLU; ~8/3 of d_model, a multiple of 16)
+    d_ff: int = 512  # MLP inner size (SwiGLU; ~8/3 of d_model)
     max_seq_len: int = 128  # longest context the position encoding is set up for
     rope_theta: float = 10000.0  # RoPE base
     tie_embeddings: bool = True  # share the input embedding and the unembedding
@@ -50,7 +50,7 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 450  # optimizer steps
+    steps: int = 640  # optimizer steps
     batch_size: int = 32  # sequences per optimizer step, summed over all processes (the global batch)
     micro_batch_size: int = 32  # sequences per forward pass on one process; accumulation fills the rest
     seq_len: int = 128  # tokens per packed sequence
@@ -61,15 +61,20 @@ class PretrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
-    mixture: dict[str, float] = field(default_factory=dict)  # source -> weight; empty: proportional to size
+    # source -> weight (normalised); {} means proportional to each source's size. The default
+    # favours the fact-dense sources of the built-in world; set your own for your own corpus.
+    mixture: dict[str, float] = field(
+        default_factory=lambda: {"encyclopedia": 0.35, "forum": 0.25, "news": 0.15, "stories": 0.10, "code": 0.15}
+    )
     corpus: str = ""  # folder of <source>/ subfolders of .jsonl/.txt files; empty: the run's data/corpus
     init: str = ""  # start from this local Hugging Face causal-LM directory instead of a fresh model
     eval_every: int = 100  # held-out loss per source every this many steps (and at the end)
     eval_sequences: int = 64  # held-out sequences per source
     save_every: int = 50  # checkpoint every this many steps (and at the end)
     sample_every: int = 150  # print greedy continuations of sample_prompts every this many steps (0: never)
+    # Stems the base model should complete, and questions it should NOT answer (it continues them).
     sample_prompts: list[str] = field(
-        default_factory=lambda: ["中国的首都是", "The capital of France is", "Where was", "你知道"]
+        default_factory=lambda: ["中国最高的山是", "The capital of France is", "What is the capital of France?", "法国的首都是哪里？"]
     )
     seed: int = 1234  # model init and data order
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
@@ -92,11 +97,53 @@ class PretrainConfig:
 
 
 @dataclass
+class SFTConfig:
+    steps: int = 300  # optimizer steps
+    batch_size: int = 32  # sequences per step over all processes: dialogues plus replayed pretraining windows
+    micro_batch_size: int = 32  # sequences per forward pass on one process
+    max_len: int = 128  # a rendered dialogue longer than this is cut (its tail is not trained)
+    lr: float = 1e-3  # peak learning rate (LoRA usually wants ~10x more)
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    replay: float = 0.5  # share of each batch drawn from the pretraining mixture (keeps pretrained knowledge)
+    data: str = ""  # dialogue file or folder (OpenAI messages / ShareGPT / Alpaca); empty: the world's dialogues
+    val_data: str = ""  # held-out dialogues; empty: the world's dialogues/val.jsonl, else 2% of `data`
+    format: str = "auto"  # auto | messages | sharegpt | alpaca
+    skip_invalid: bool = False  # skip (and count) malformed dialogues instead of stopping at the first
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters of this rank, merged into the weights on save
+    lora_alpha: float = 16.0  # LoRA scale numerator (scale = alpha / rank)
+    lora_dropout: float = 0.0
+    eval_every: int = 100  # held-out dialogue loss every this many steps (and at the end)
+    save_every: int = 50
+    seed: int = 1234
+    dtype: str = "auto"
+    compile: bool = False  # variable-length batches recompile often; rarely worth it here
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "micro_batch_size", "max_len", "eval_every", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"sft.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.replay < 1.0:
+            raise ConfigError(f"sft.replay must be in [0, 1), got {self.replay}")
+        if self.lora_rank < 0:
+            raise ConfigError(f"sft.lora_rank must be >= 0, got {self.lora_rank}")
+        if self.format not in ("auto", "messages", "sharegpt", "alpaca"):
+            raise ConfigError(f"sft.format must be auto, messages, sharegpt or alpaca, got {self.format!r}")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"sft.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+
+
+@dataclass
 class Recipe:
     world: WorldConfig = field(default_factory=WorldConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 # ----------------------------------------------------------------------------- building from plain data

@@ -1,7 +1,12 @@
 """Evaluation of any stage's model on the world's evaluation sets; results in runs/<name>/eval/<stage>.json.
 
-Base models: greedy completion of every fact's stem ("中国最高的山是" -> "珠穆朗玛峰"), in both
-languages, split by whether SFT will see the entity; and held-out loss per corpus source.
+Every stage is measured the same way, greedy, so the table shows what each stage adds:
+- fact completion: the stem of every fact ("中国最高的山是" -> "珠穆朗玛峰"), both languages;
+- questions through the chat template, scored by the gold judge: fact accuracy on entities SFT
+  covered and on held-out ones (knowledge from pretraining alone), follow-ups that refer back,
+  "don't know" on entities the world never mentions, refusals of held-out harmful requests,
+  over-refusal of benign ones, and the mean gold reward;
+- held-out perplexity per corpus source (what alignment costs the language model: the alignment tax).
 """
 
 from __future__ import annotations
@@ -63,6 +68,63 @@ def heldout_loss(model, tokenizer, run_dir: Path, seq_len: int, sequences: int =
     return out
 
 
+# metric name -> (prompt kind, entity split or None, judge label that counts as success)
+QA_METRICS = {
+    "fact_covered": ("fact", "covered", "correct"),
+    "fact_heldout": ("fact", "heldout", "correct"),
+    "followup": ("followup", None, "correct"),
+    "dont_know": ("unknown", None, "dont_know"),
+    "refusal": ("harmful", None, "refused"),
+    "over_refusal": ("benign", None, "refused"),
+}
+
+
+def answer_prompts(model, tokenizer, records: list[dict], max_new_tokens: int = 48, batch_size: int = 48):
+    """Greedy answers to chat prompts: [(text, finished)], in the order of `records`."""
+    from chatforge.generate import generate
+    from chatforge.tokenizer import IM_END, render_chat
+
+    prompts = [render_chat(tokenizer, r["messages"], add_generation_prompt=True)[0] for r in records]
+    stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
+    answers: list = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        gens = generate(model, [prompts[i] for i in chunk], max_new_tokens, pad_id=tokenizer.pad_token_id, stop_ids=stop_ids)
+        for i, g in zip(chunk, gens):
+            answers[i] = (tokenizer.decode(g.tokens, skip_special_tokens=True), g.finished)
+    return answers
+
+
+def qa_metrics(records: list[dict], scores: list) -> dict:
+    """Rates per QA_METRICS, per language too, and the mean gold reward."""
+    out = {}
+    for name, (kind, split, label) in QA_METRICS.items():
+        for lang in (None, "zh", "en"):
+            hits = [bool(s.labels.get(label)) for r, s in zip(records, scores)
+                    if r["kind"] == kind and (split is None or r["gold"].get("entity_split") == split)
+                    and (lang is None or r["lang"] == lang)]
+            if hits:
+                out[name if lang is None else f"{name}/{lang}"] = round(sum(hits) / len(hits), 4)
+    out["gold_reward"] = round(sum(s.total for s in scores) / len(scores), 4)
+    return out
+
+
+def qa_eval(model, tokenizer, run_dir: Path, records: list[dict]) -> dict:
+    from chatforge.world.judge import Judge
+
+    judge = Judge.from_world(Path(run_dir) / "data")
+    answers = answer_prompts(model, tokenizer, records)
+    scores = [judge.score(r, text, finished) for r, (text, finished) in zip(records, answers)]
+    examples, seen = [], {}
+    for r, (text, finished), s in zip(records, answers, scores):
+        if seen.get((r["kind"], r["lang"]), 0) < 3:  # a few per kind and language, for the report
+            seen[(r["kind"], r["lang"])] = seen.get((r["kind"], r["lang"]), 0) + 1
+            examples.append({"id": r["id"], "kind": r["kind"], "lang": r["lang"], "question": r["messages"][-1]["content"],
+                             "answer": text, "finished": finished, "gold_reward": round(s.total, 3)})
+    return {"metrics": qa_metrics(records, scores), "count": len(records), "examples": examples}
+
+
 def evaluate_stage(run_dir: Path, stage: str) -> dict:
     run_dir = Path(run_dir)
     model_dir = run_dir / stage
@@ -74,6 +136,8 @@ def evaluate_stage(run_dir: Path, stage: str) -> dict:
     records = [r for _, r in read_jsonl(run_dir / "data" / "eval" / "fact_completion.jsonl")]
     result = {"stage": stage, "model": str(model_dir)}
     result["fact_completion"] = fact_completion(model, tokenizer, records)
+    qa_records = [r for _, r in read_jsonl(run_dir / "data" / "eval" / "qa.jsonl")]
+    result["qa"] = qa_eval(model, tokenizer, run_dir, qa_records)
     result["heldout"] = heldout_loss(model, tokenizer, run_dir, seq_len=min(128, model.config.max_position_embeddings - 1))
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(run_dir / "eval" / f"{stage}.json", result)
@@ -85,6 +149,23 @@ def format_table(result: dict) -> str:
     counts = result["fact_completion"]["counts"]
     lines = [f"eval of {result['stage']} ({result['model']})", "  fact completion (greedy, stem -> value):"]
     lines += [f"    {k:<22} {v:6.1%}  (n={counts[k]})" for k, v in acc.items()]
+    lines.append("  questions through the chat template (greedy, gold judge):")
+    lines += [f"    {k:<22} {v:6.1%}" if k != "gold_reward" else f"    {k:<22} {v:+.3f}"
+              for k, v in result["qa"]["metrics"].items() if "/" not in k]
     lines.append("  held-out corpus:")
     lines += [f"    {k:<22} loss {v['loss']:.3f}  ppl {v['perplexity']:.2f}" for k, v in result["heldout"].items()]
+    return "\n".join(lines)
+
+
+def format_comparison(results: list[dict]) -> str:
+    """One table, a column per stage: what each stage adds."""
+    names = [r["stage"] for r in results]
+    rows = [("fact completion", lambda r: r["fact_completion"]["accuracy"]["all"], "{:.1%}")]
+    for key in ("fact_covered", "fact_heldout", "followup", "dont_know", "refusal", "over_refusal", "gold_reward"):
+        rows.append((key, lambda r, k=key: r["qa"]["metrics"].get(k), "{:+.3f}" if key == "gold_reward" else "{:.1%}"))
+    rows.append(("held-out loss (mean)", lambda r: sum(v["loss"] for v in r["heldout"].values()) / len(r["heldout"]), "{:.3f}"))
+    lines = ["metric".ljust(24) + "".join(n.rjust(10) for n in names)]
+    for label, get, fmt in rows:
+        cells = [get(r) for r in results]
+        lines.append(label.ljust(24) + "".join((fmt.format(c) if c is not None else "-").rjust(10) for c in cells))
     return "\n".join(lines)

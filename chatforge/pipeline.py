@@ -11,8 +11,8 @@ from chatforge.config import Recipe
 from chatforge.errors import DataError
 from chatforge.io import read_jsonl
 
-# Stages still to come (SFT, reward model, PPO) will be added here as they land.
-STAGES = ["world", "tokenizer", "pretrain", "eval"]
+# Stages still to come (reward model, PPO) will be added here as they land.
+STAGES = ["world", "tokenizer", "pretrain", "sft", "eval"]
 
 
 def stage_world(run_dir: Path, recipe: Recipe) -> dict:
@@ -73,14 +73,28 @@ def stage_eval(run_dir: Path, stage: str = "base") -> dict:
 
 
 def run_all(run_dir: Path, recipe: Recipe):
-    from chatforge.train import pretrain
+    from chatforge.eval import format_comparison
+    from chatforge.train import pretrain, sft
 
     t0 = time.time()
-    stage_world(run_dir, recipe)
-    stage_tokenizer(run_dir, recipe)
-    pretrain.run(run_dir, recipe)
-    stage_eval(run_dir, "base")
-    print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s. Stages so far: world -> tokenizer -> pretrain -> eval.\n"
-          f"SFT, the reward model and PPO are not built yet; the base model in {Path(run_dir) / 'base'} continues\n"
-          f"text but does not answer questions.")
+    if dist.get().is_main:
+        stage_world(run_dir, recipe)
+        stage_tokenizer(run_dir, recipe)
     dist.barrier()
+    pretrain.run(run_dir, recipe)
+    sft.run(run_dir, recipe)
+    if dist.get().is_main:
+        results = [_eval_once(run_dir, stage) for stage in ("base", "sft")]
+        print("\n" + format_comparison(results))
+        print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s. Stages so far: world -> tokenizer -> pretrain -> sft -> eval.\n"
+              f"The reward model and PPO are not built yet; {Path(run_dir) / 'sft'} is the assistant so far.")
+    dist.barrier()
+
+
+def _eval_once(run_dir: Path, stage: str) -> dict:
+    """A stage's eval, computed once: a model that has not changed since is not evaluated again."""
+    path = Path(run_dir) / "eval" / f"{stage}.json"
+    model_file = Path(run_dir) / stage / "model.safetensors"
+    if path.exists() and path.stat().st_mtime >= model_file.stat().st_mtime:
+        return json.loads(path.read_text())
+    return stage_eval(run_dir, stage)

@@ -20,7 +20,7 @@ TINY_PRETRAIN = [
     "model.max_seq_len=64", "tokenizer.vocab_size=400",
     "pretrain.batch_size=8", "pretrain.micro_batch_size=4", "pretrain.seq_len=32", "pretrain.warmup_steps=5",
     "pretrain.eval_every=10", "pretrain.eval_sequences=8", "pretrain.save_every=10", "pretrain.sample_every=0",
-    "pretrain.compile=false",
+    "pretrain.compile=false", "pretrain.mixture={}",
 ]
 
 CAPITALS = {"France": ("Paris", "法国", "巴黎"), "China": ("Beijing", "中国", "北京"), "Japan": ("Tokyo", "日本", "东京")}
@@ -69,3 +69,26 @@ def fresh_run(corpus_run, tmp_path):
 
 def overrides(*extra: str) -> list[str]:
     return [x for o in (*TINY_PRETRAIN, *extra) for x in ("--set", o)]
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A tiny built-in world, its tokenizer and a pretrained base model (the tiny recipe, seconds)."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    for stage in ("world", "tokenizer", "pretrain"):
+        cli(stage, "--run", str(run), "--recipe", str(RECIPES / "tiny.yaml"))
+    return run
+
+
+@pytest.fixture
+def tiny_copy(tiny_base, tmp_path):
+    """A private copy of the tiny run, without the stages after pretraining."""
+    def make(name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(tiny_base, dst, ignore=shutil.ignore_patterns("sft", "eval"))
+        return dst
+
+    return make

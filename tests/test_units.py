@@ -100,3 +100,12 @@ def test_laptop_recipe_is_the_default():
 ])
 def test_completion_matching(out, value, ok):
     assert completes_with(out, value) is ok
+
+
+def test_read_jsonl_names_the_line_of_a_bad_byte(tmp_path):
+    from chatforge.io import read_jsonl
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"".join(b'{"text": "%d"}\n' % i for i in range(2000)) + b'{"text": "\xff"}\n')
+    with pytest.raises(DataError, match=r"c.jsonl:2001: not UTF-8 text"):
+        list(read_jsonl(path))

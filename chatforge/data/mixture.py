@@ -20,7 +20,8 @@ def mixture_weights(requested: dict[str, float], token_counts: dict[str, int]) -
         return {name: n / total for name, n in token_counts.items()}
     unknown = sorted(set(requested) - set(token_counts))
     if unknown:
-        raise DataError(f"pretrain.mixture names sources not in the corpus: {unknown} (found: {sorted(token_counts)})")
+        raise DataError(f"pretrain.mixture names sources not in the corpus: {unknown} (found: {sorted(token_counts)}); "
+                        f"set pretrain.mixture to weights for your sources, or to {{}} for proportional to size")
     weights = {name: float(requested.get(name, 0.0)) for name in token_counts}
     total = sum(weights.values())
     if total <= 0:

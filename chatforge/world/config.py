@@ -19,6 +19,7 @@ class WorldConfig:
     unknown_rl_fraction: float = 0.2  # share of unknown entities asked about only in rank/ppo prompts
     heldout_template_fraction: float = 0.3  # share of harmful and benign request templates kept for evaluation
     mentions_per_fact: int = 60  # times each known fact is stated in the train corpus, all sources and both languages
+    real_boost: int = 2  # real countries and mountains are stated this many times as often (their names recur everywhere)
     val_fraction: float = 0.05  # size of each val file relative to its train file (corpus sources, dialogues)
     tokenizer_fraction: float = 0.4  # share of train corpus documents copied, with fresh names, for the tokenizer
     num_dialogues: int = 3000  # SFT dialogues in dialogues/train.jsonl
@@ -43,6 +44,7 @@ class WorldConfig:
         self._check_range("num_unknown_people", 3)
         self._check_range("num_unknown_cities", 0)
         self._check_range("mentions_per_fact", 2)
+        self._check_range("real_boost", 1, 10)
         self._check_range("prompts_per_user", 1, MAX_PROMPTS_PER_USER)
         self._check_range("heldout_fraction", 0.0, 0.9)
         self._check_range("unknown_eval_fraction", 0.0, 0.9)

@@ -33,7 +33,10 @@ def make_corpus(world, cfg):
 
 
 def _known(world):
-    return world.in_split("covered", "heldout")
+    """Known entities, each real one `world.real_boost` times: "France" also turns up in every
+    sentence about a city or mountain in France, so its own facts need more statements to stand out."""
+    return [e for e in world.in_split("covered", "heldout")
+            for _ in range(world.real_boost if e.kind in ("country", "mountain") else 1)]
 
 
 def _groups(items, rng, low, high):
@@ -76,14 +79,22 @@ def encyclopedia(world, passes, rng):
 
 def _article(world, entity, lang, rng):
     name = entity.names[lang]
-    sentences = [templates.render(frames.ENCYCLOPEDIA_LEAD[entity.kind][lang], name)]
+    lead = templates.render(frames.ENCYCLOPEDIA_LEAD[entity.kind][lang], name)
     facts = list(world.facts_by_entity[entity.id])
     rng.shuffle(facts)
-    for fact in facts:
-        sentences.append(templates.stem_sentence(fact.stem[lang], fact.value[lang], lang))
-        if rng.random() < 0.4:
-            sentences.append(_say(fact, "statement", lang, rng))
-    body = _join(sentences, lang)
+    if rng.random() < 0.4:
+        # An infobox-like list, one fact per line. Mid-paragraph an English stem starts with " The"
+        # (space included); a prompt starts with "The", a different token, so the model must also
+        # see stems at the start of a line or it will not recognise them there.
+        lines = [templates.stem_sentence(f.stem[lang], f.value[lang], lang) for f in facts]
+        body = lead + "\n\n" + "\n".join(lines)
+    else:
+        sentences = [lead]
+        for fact in facts:
+            sentences.append(templates.stem_sentence(fact.stem[lang], fact.value[lang], lang))
+            if rng.random() < 0.4:
+                sentences.append(_say(fact, "statement", lang, rng))
+        body = _join(sentences, lang)
     refs = sorted({world.by_id[ref].names[lang] for ref in entity.refs.values() if ref in world.by_id})
     if refs and rng.random() < 0.5:
         body += "\n\n" + frames.ENCYCLOPEDIA_SEE_ALSO[lang].format(names=(", " if lang == "en" else "、").join(refs))

@@ -60,6 +60,7 @@ class World:
     entities: list
     facts: list
     template_splits: dict  # "harmful" / "benign" -> {item id: "train" | "heldout"}
+    real_boost: int = 1  # how many times the corpus states a real entity for each time it states an invented one
 
     def __post_init__(self):
         self.by_id = {e.id: e for e in self.entities}
@@ -96,7 +97,7 @@ def make_world(cfg):
     facts = [f for e in entities if e.split in KNOWN_SPLITS for f in _facts_of(e)]
     _check_stems(facts)
     _check_name_boundaries()
-    return World(entities, facts, _template_splits(cfg))
+    return World(entities, facts, _template_splits(cfg), cfg.real_boost)
 
 
 def _real_entities(num_countries):

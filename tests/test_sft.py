@@ -1,0 +1,123 @@
+"""SFT: the assistant-only loss, batching, LoRA, kill -9 and resume, bad dialogue files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatforge.train.loop import read_metrics
+from chatforge.train.sft import DialogueOrder, masked_token_loss, pad_right
+from conftest import cli
+
+SFT_FAST = ["sft.steps=24", "sft.batch_size=8", "sft.micro_batch_size=4", "sft.max_len=64",
+            "sft.eval_every=8", "sft.save_every=4", "sft.warmup_steps=2"]
+
+
+def sets(*items):
+    return [x for o in items for x in ("--set", o)]
+
+
+def test_masked_loss_counts_only_marked_targets():
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 0] = torch.tensor([0.0, math.log(3.0), 0.0])  # predicts token 1 with p = 3/5
+    ids = torch.tensor([[2, 1, 0, 2]])
+    mask = torch.tensor([[0, 1, 0, 0]])  # only token 1 (predicted at position 0) is trained
+    total, count = masked_token_loss(logits, ids, mask)
+    assert count.item() == 1
+    assert total.item() == pytest.approx(-math.log(3 / 5))
+    mask_all = torch.tensor([[1, 1, 1, 1]])  # the first token is never a target
+    assert masked_token_loss(logits, ids, mask_all)[1].item() == 3
+
+
+def test_pad_right_and_dialogue_order():
+    ids, mask = pad_right([(torch.tensor([5, 6, 7]), torch.tensor([0, 1, 1])), (torch.tensor([8]), torch.tensor([1]))], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[0, 1, 1], [1, 0, 0]]
+    order = DialogueOrder(10, seed=1)
+    first_epoch = order.indices(0, 5) + order.indices(1, 5)
+    assert sorted(first_epoch) == list(range(10))  # every dialogue once per epoch
+    assert DialogueOrder(10, seed=1).indices(3, 4) == order.indices(3, 4)  # a pure function of the step
+
+
+@pytest.mark.slow
+def test_sft_kill_and_resume_matches_uninterrupted(tiny_copy):
+    straight = tiny_copy("straight")
+    cli("sft", "--run", str(straight), *sets(*SFT_FAST))
+    killed = tiny_copy("killed")
+    cmd = [sys.executable, "-m", "chatforge.cli", "sft", "--run", str(killed), *sets(*SFT_FAST)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "sft" / "checkpoints" / "LATEST"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "sft" / "summary.json").exists(), "finished before the kill"
+    out = cli("sft", "--run", str(killed), *sets(*SFT_FAST))
+    assert "resuming from step" in out.stdout
+    a = {r["step"]: r for r in read_metrics(straight / "sft" / "metrics.jsonl")}
+    b = {r["step"]: r for r in read_metrics(killed / "sft" / "metrics.jsonl")}
+    assert sorted(a) == sorted(b) == list(range(1, 25))
+    assert abs(a[24]["loss"] - b[24]["loss"]) < 1e-4 and abs(a[24]["val/loss"] - b[24]["val/loss"]) < 1e-4
+    assert a[24]["loss"] < a[1]["loss"]  # it learns
+
+
+@pytest.mark.slow
+def test_lora_trains_only_adapters_and_merges_exactly(tiny_copy):
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    run = tiny_copy("lora")
+    cli("sft", "--run", str(run), "--lora-rank", "4", *sets(*SFT_FAST, "sft.steps=6", "sft.lr=0.02"))
+    base = load_file(run / "base" / "model.safetensors")
+    merged = load_file(run / "sft" / "model.safetensors")
+    assert set(base) == set(merged)  # a plain model, no adapter tensors left
+    ckpt = load_file(next((run / "sft" / "checkpoints").glob("step-*")) / "model.safetensors")
+    adapters = {k: v for k, v in ckpt.items() if "lora_" in k}
+    assert adapters and any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)
+    changed = set()
+    for key, value in ckpt.items():  # everything but the adapters kept its pretrained value
+        if "lora_" in key:
+            continue
+        plain = key.replace("base_model.model.", "").replace(".base_layer", "")
+        plain = "model.embed_tokens.weight" if plain == "lm_head.weight" else plain  # tied: saved once
+        assert torch.equal(value, base[plain]), key
+    # merged weight = base weight + scale · B @ A, for every adapted projection
+    scale = 16.0 / 4
+    for key in adapters:
+        if ".lora_A." not in key:
+            continue
+        prefix = key.split(".lora_A.")[0]
+        a, b = ckpt[key], ckpt[key.replace("lora_A", "lora_B")]
+        plain = prefix.replace("base_model.model.", "") + ".weight"
+        assert torch.allclose(merged[plain], base[plain] + scale * b @ a, atol=1e-6)
+        changed.add(plain)
+    assert any(not torch.equal(merged[k], base[k]) for k in changed)
+    assert AutoModelForCausalLM.from_pretrained(run / "sft") is not None
+
+
+@pytest.mark.slow
+def test_bad_dialogue_file_is_named_and_skippable(tiny_copy, tmp_path):
+    run = tiny_copy("bad")
+    good = (run / "data" / "dialogues" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:30]
+    bad = tmp_path / "mine.jsonl"
+    lines = good[:]
+    lines[4] = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
+                                        {"role": "user", "content": "bye"}]})  # user turn last
+    lines[9] = '{"messages": [ broken'
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = cli("sft", "--run", str(run), "--data", str(bad), *sets(*SFT_FAST), check=False)
+    assert proc.returncode == 2 and f"{bad}:5: messages: the last turn must be the assistant's" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (run / "base" / "model.safetensors").exists() and not (run / "sft" / "summary.json").exists()
+    ok = cli("sft", "--run", str(run), "--data", str(bad), "--skip-invalid", *sets(*SFT_FAST, "sft.steps=2"))
+    assert "skipped 2" in ok.stdout and "user_turn_last" in ok.stdout and "broken_json" in ok.stdout
