@@ -98,11 +98,11 @@ class PretrainConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = 300  # optimizer steps
+    steps: int = 500  # optimizer steps
     batch_size: int = 32  # sequences per step over all processes: dialogues plus replayed pretraining windows
     micro_batch_size: int = 32  # sequences per forward pass on one process
     max_len: int = 128  # a rendered dialogue longer than this is cut (its tail is not trained)
-    lr: float = 1e-3  # peak learning rate (LoRA usually wants ~10x more)
+    lr: float = 1.5e-3  # peak learning rate (LoRA usually wants ~10x more)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
     weight_decay: float = 0.0
@@ -110,6 +110,7 @@ class SFTConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     replay: float = 0.5  # share of each batch drawn from the pretraining mixture (keeps pretrained knowledge)
+    replay_len: int = 64  # tokens per replayed window (dialogues are short: long windows would dominate the compute)
     data: str = ""  # dialogue file or folder (OpenAI messages / ShareGPT / Alpaca); empty: the world's dialogues
     val_data: str = ""  # held-out dialogues; empty: the world's dialogues/val.jsonl, else 2% of `data`
     format: str = "auto"  # auto | messages | sharegpt | alpaca
@@ -124,7 +125,7 @@ class SFTConfig:
     compile: bool = False  # variable-length batches recompile often; rarely worth it here
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "micro_batch_size", "max_len", "eval_every", "save_every"):
+        for name in ("steps", "batch_size", "micro_batch_size", "max_len", "replay_len", "eval_every", "save_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"sft.{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.replay < 1.0:

@@ -92,3 +92,19 @@ def tiny_copy(tiny_base, tmp_path):
         return dst
 
     return make
+
+
+def kill_at_first_checkpoint(stage_dir: Path, *args: str) -> int:
+    """Start `chatforge ARGS`, kill -9 it as soon as its first checkpoint is on disk; return that step."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "chatforge.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = stage_dir / "checkpoints" / "LATEST"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (stage_dir / "summary.json").exists(), "the run finished before it could be killed"
+    return int(latest.read_text().split("-")[1])

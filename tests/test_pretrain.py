@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from chatforge.train.loop import read_metrics
-from conftest import cli, overrides
+from conftest import cli, kill_at_first_checkpoint, overrides
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +28,7 @@ def test_kill_and_resume_matches_uninterrupted(fresh_run):
     cli("pretrain", "--run", str(straight), *overrides(steps))
 
     killed = fresh_run("killed")
-    cmd = [sys.executable, "-m", "chatforge.cli", "pretrain", "--run", str(killed), *overrides(steps)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = killed / "base" / "checkpoints" / "LATEST"
-    deadline = time.time() + 120
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "base" / "summary.json").exists(), "the run finished before it could be killed"
-    saved_step = int(latest.read_text().split("-")[1])
+    saved_step = kill_at_first_checkpoint(killed / "base", "pretrain", "--run", str(killed), *overrides(steps))
     assert 0 < saved_step < 60
 
     out = cli("pretrain", "--run", str(killed), *overrides(steps))

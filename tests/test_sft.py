@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from chatforge.train.loop import read_metrics
 from chatforge.train.sft import DialogueOrder, masked_token_loss, pad_right
-from conftest import cli
+from conftest import cli, kill_at_first_checkpoint
 
 SFT_FAST = ["sft.steps=24", "sft.batch_size=8", "sft.micro_batch_size=4", "sft.max_len=64",
             "sft.eval_every=8", "sft.save_every=4", "sft.warmup_steps=2"]
@@ -52,15 +46,7 @@ def test_sft_kill_and_resume_matches_uninterrupted(tiny_copy):
     straight = tiny_copy("straight")
     cli("sft", "--run", str(straight), *sets(*SFT_FAST))
     killed = tiny_copy("killed")
-    cmd = [sys.executable, "-m", "chatforge.cli", "sft", "--run", str(killed), *sets(*SFT_FAST)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = killed / "sft" / "checkpoints" / "LATEST"
-    deadline = time.time() + 120
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "sft" / "summary.json").exists(), "finished before the kill"
+    kill_at_first_checkpoint(killed / "sft", "sft", "--run", str(killed), *sets(*SFT_FAST))
     out = cli("sft", "--run", str(killed), *sets(*SFT_FAST))
     assert "resuming from step" in out.stdout
     a = {r["step"]: r for r in read_metrics(straight / "sft" / "metrics.jsonl")}
@@ -72,7 +58,6 @@ def test_sft_kill_and_resume_matches_uninterrupted(tiny_copy):
 
 @pytest.mark.slow
 def test_lora_trains_only_adapters_and_merges_exactly(tiny_copy):
-    from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -233,8 +233,9 @@ def _load_dialogues(run_dir: Path, cfg, tokenizer):
 def _replay_sampler(run_dir: Path, recipe: Recipe, tokenizer):
     from chatforge.train.pretrain import _load_data
 
-    sampler, _ = _load_data(run_dir, recipe.pretrain, tokenizer)
-    sampler.seed = recipe.sft.seed + 1  # not pretraining's order: replay should not retrace its steps
+    # Not pretraining's order (replay should not retrace its steps) and windows of replay_len tokens.
+    cfg = replace(recipe.pretrain, seq_len=recipe.sft.replay_len, seed=recipe.sft.seed + 1)
+    sampler, _ = _load_data(run_dir, cfg, tokenizer)
     return sampler
 
 

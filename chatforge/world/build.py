@@ -99,8 +99,6 @@ def _write_all(cfg, out):
         shards = out.shards(f"corpus/{source}", corpus[source]["train"])
         out.jsonl(f"corpus/{source}/val.jsonl", corpus[source]["val"])
         corpus_counts[source] = _doc_counts(corpus[source], shards)
-    tokenizer_docs = make_tokenizer_corpus(world, corpus, cfg)
-    out.jsonl("tokenizer_corpus.jsonl", tokenizer_docs)
     dialogues = {"train": make_dialogues(world, cfg, cfg.num_dialogues, stream(cfg.seed, "dialogues/train")),
                  "val": make_dialogues(world, cfg, max(1, round(cfg.num_dialogues * cfg.val_fraction)),
                                        stream(cfg.seed, "dialogues/val"))}
@@ -115,6 +113,10 @@ def _write_all(cfg, out):
     out.jsonl("eval/fact_completion.jsonl", completion)
     out.jsonl("eval/qa.jsonl", prompts["eval"])
     out.cjk.update(zh for _, zh in SYLLABLES + CITY_SUFFIXES)  # tokenizer must cover every possible name
+    # Written last: it also lists every CJK character the world writes anywhere, so each one becomes
+    # a token even if it only occurs in dialogues or prompts.
+    tokenizer_docs = make_tokenizer_corpus(world, corpus, dialogues["train"], sorted(out.cjk), cfg)
+    out.jsonl("tokenizer_corpus.jsonl", tokenizer_docs)
     return _manifest(cfg, world, out, corpus_counts, tokenizer_docs, dialogues, prompts, users)
 
 

@@ -12,8 +12,8 @@ class WorldConfig:
     num_countries: int = 15  # real countries to include (1..15); their highest mountains come with them
     num_cities: int = 12  # invented cities, each in one of the included countries
     num_people: int = 32  # invented people, each born in an invented city (at least 2)
-    num_unknown_people: int = 24  # invented people that no corpus text ever mentions (at least 3)
-    num_unknown_cities: int = 8  # invented cities that no corpus text ever mentions
+    num_unknown_people: int = 60  # invented people that no corpus text ever mentions (at least 3)
+    num_unknown_cities: int = 16  # invented cities that no corpus text ever mentions
     heldout_fraction: float = 0.3  # share of known entities kept out of every dialogue (learnt in pretraining only)
     unknown_eval_fraction: float = 0.4  # share of unknown entities asked about only in prompts/eval.jsonl
     unknown_rl_fraction: float = 0.2  # share of unknown entities asked about only in rank/ppo prompts

@@ -4,7 +4,15 @@ from chatforge.world import chat_text, vocab
 from chatforge.world.common import Cycler, quotas, shuffled_kinds
 from chatforge.world.qa import LANGS, answer, ask, assistant, decorate, dont_know, followup_chain, question, system, user
 
-KIND_WEIGHTS = [("fact", 60), ("followup", 12), ("dont_know", 10), ("refusal", 10), ("benign", 4), ("chitchat", 4)]
+# Facts are learnt quickly; the behaviours that must generalise to unseen names and wordings
+# (follow-ups, "I don't know", refusing only what is harmful) get more examples.
+KIND_WEIGHTS = [("fact", 46), ("followup", 16), ("dont_know", 14), ("refusal", 10), ("benign", 10), ("chitchat", 4)]
+
+
+# People ask a new question after an unrelated exchange (a greeting, another fact), as the
+# prompts do; without such dialogues a small model answers the earlier question again.
+CONTEXT_KINDS = ("fact", "dont_know", "refusal", "benign")
+CONTEXT_FRACTION = 0.25
 
 
 class _Pools:
@@ -27,9 +35,12 @@ def make_dialogues(world, cfg, num_dialogues, rng):
     for kind in shuffled_kinds(quotas(num_dialogues, KIND_WEIGHTS), rng):
         lang = rng.choice(LANGS)
         messages = builders[kind](pools, lang, rng)
+        context = _context(pools, lang, rng) if kind in CONTEXT_KINDS and rng.random() < CONTEXT_FRACTION else []
+        messages = context + messages
         if rng.random() < cfg.system_prompt_fraction:
             messages = [system(lang, rng)] + messages
-        dialogues.append({"messages": messages, "kind": kind, "lang": lang})
+        # "context": how many messages (after any system message) precede the exchange of this kind
+        dialogues.append({"messages": messages, "kind": kind, "lang": lang, "context": len(context)})
     return dialogues
 
 
@@ -88,3 +99,11 @@ def _chitchat(pools, lang, rng):
         return [user(u), assistant(a)] + _fact_exchange(pools.facts.next(), lang, rng, wrap=False)
     u, a = chit("thanks" if shape == "fact_then_thanks" else "bye", lang, rng)
     return _fact_exchange(pools.facts.next(), lang, rng) + [user(u), assistant(a)]
+
+
+def _context(pools, lang, rng):
+    """An earlier, unrelated exchange: a greeting, or a question about a covered fact."""
+    if rng.random() < 0.5:
+        u, a = chit("greet", lang, rng)
+        return [user(u), assistant(a)]
+    return _fact_exchange(pools.facts.next(), lang, rng, wrap=False)

@@ -5,6 +5,10 @@ Trained on the real corpus, BPE would merge frequent known names ("Karo Linmei")
 tokens while unknown names stay split into syllables, and the model could tell known from
 unknown by the token shape alone. With fresh names everywhere, every name, known or unknown,
 is split the same way.
+
+The chat side is in it too (the dialogues, names scrambled the same way, so "assistant" phrasing
+gets merges) and one document listing every CJK character the world writes, many times over, so that
+every Chinese character is one token even where it only appears in a dialogue or a prompt.
 """
 import re
 
@@ -12,8 +16,10 @@ from chatforge.world.common import stream
 from chatforge.world.corpus import SOURCES
 from chatforge.world.names import random_name
 
+CHARACTER_REPEATS = 200
 
-def make_tokenizer_corpus(world, corpus, cfg):
+
+def make_tokenizer_corpus(world, corpus, dialogues, cjk_chars, cfg):
     rng = stream(cfg.seed, "tokenizer_corpus")
     invented = [e for e in world.entities if e.kind in ("person", "city")]
     kind_of = {e.names[lang]: e.kind for e in invented for lang in ("en", "zh")}
@@ -35,4 +41,9 @@ def make_tokenizer_corpus(world, corpus, cfg):
         for doc in corpus[source]["train"]:
             if rng.random() < cfg.tokenizer_fraction:
                 docs.append({"text": find_known.sub(fresh, doc["text"]), "lang": doc["lang"], "source": source})
+    for dialogue in dialogues:  # unknown_train names occur here: scramble every invented name
+        text = "\n".join(m["content"] for m in dialogue["messages"])
+        docs.append({"text": find_any.sub(fresh, text), "lang": dialogue["lang"], "source": "dialogues"})
+    # Frequent enough that the merges of every character outrank the rarest English merges.
+    docs.append({"text": " ".join(c for c in cjk_chars for _ in range(CHARACTER_REPEATS)), "lang": "zh", "source": "characters"})
     return docs
