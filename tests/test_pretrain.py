@@ -123,3 +123,16 @@ def test_missing_text_field_and_empty_corpus(fresh_run):
     (empty / "data" / "corpus").mkdir()
     proc = cli("pretrain", "--run", str(empty), *overrides(), check=False)
     assert proc.returncode == 2 and "empty corpus" in proc.stderr
+
+
+def test_recipe_with_an_unknown_key_is_a_one_line_error(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("world:\n  seed: 1\npretrain:\n  stepz: 10\n")
+    run = tmp_path / "run"
+    proc = cli("world", "--run", str(run), "--recipe", str(recipe), check=False)
+    assert proc.returncode == 2
+    assert f"{recipe}: unknown key 'pretrain.stepz'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run / "data").exists()  # nothing was written
+    recipe.write_text("model:\n  n_layers: four\n")
+    proc = cli("pretrain", "--run", str(run), "--recipe", str(recipe), check=False)
+    assert proc.returncode == 2 and "model.n_layers: expected int, got str 'four'" in proc.stderr
