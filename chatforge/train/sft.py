@@ -216,17 +216,17 @@ def _load_dialogues(run_dir: Path, cfg, tokenizer):
     train_path = Path(cfg.data) if cfg.data else world / "train.jsonl"
     train_msgs, report = read_dialogues(train_path, fmt=cfg.format, skip_invalid=cfg.skip_invalid)
     dist.print0("sft: " + format_report(report))
-    if cfg.val_data or not cfg.data:
-        val_msgs, _ = read_dialogues(Path(cfg.val_data) if cfg.val_data else world / "val.jsonl", fmt=cfg.format, skip_invalid=cfg.skip_invalid)
-    else:  # the user's own data with no held-out file: keep 2% (at least one dialogue) back
-        held = max(1, len(train_msgs) // 50)
-        val_msgs, train_msgs = train_msgs[-held:], train_msgs[:-held]
+    val_path = Path(cfg.val_data) if cfg.val_data else (None if cfg.data else world / "val.jsonl")
+    val_msgs = read_dialogues(val_path, fmt=cfg.format, skip_invalid=cfg.skip_invalid)[0] if val_path else []
     train, dropped = encode_dialogues(tokenizer, train_msgs, cfg.max_len)
     val, _ = encode_dialogues(tokenizer, val_msgs, cfg.max_len)
     if dropped:
         dist.print0(f"sft: {dropped} dialogues had no assistant token within sft.max_len={cfg.max_len} and were dropped")
+    if val_path is None:  # the user's own data with no held-out file: keep 2% (at least one dialogue) back
+        held = max(1, len(train) // 50)
+        train, val = train[:-held], train[-held:]
     if not train or not val:
-        raise UserError(f"{train_path}: no dialogue left to train on or to hold out after encoding")
+        raise UserError(f"{train_path}: no dialogue left to train on or to hold out after encoding (sft.max_len={cfg.max_len})")
     return train, val
 
 

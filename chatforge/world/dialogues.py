@@ -6,7 +6,7 @@ from chatforge.world.qa import LANGS, answer, ask, assistant, decorate, dont_kno
 
 # Facts are learnt quickly; the behaviours that must generalise to unseen names and wordings
 # (follow-ups, "I don't know", refusing only what is harmful) get more examples.
-KIND_WEIGHTS = [("fact", 46), ("followup", 16), ("dont_know", 14), ("refusal", 10), ("benign", 10), ("chitchat", 4)]
+KIND_WEIGHTS = [("fact", 42), ("followup", 16), ("dont_know", 14), ("refusal", 10), ("benign", 14), ("chitchat", 4)]
 
 
 # People ask a new question after an unrelated exchange (a greeting, another fact), as the
