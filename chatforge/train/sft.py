@@ -115,7 +115,7 @@ def run(run_dir: Path, recipe: Recipe) -> dict:
         state = ckpt.load(model, {"adamw": optimizer})
         dist.print0(f"sft: resuming from step {state['step']} ({ckpt.latest()})")
     elif d.is_main:
-        atomic_write_stage_config(stage_dir, cfg, model, d)
+        _write_stage_config(stage_dir, cfg, d)
     train_model = dist.wrap(model)
     order = DialogueOrder(len(train), cfg.seed)
     log = MetricsLog(stage_dir / "metrics.jsonl", resume_step=state["step"])
@@ -251,7 +251,7 @@ def _load_model(base_dir: Path, cfg):
     return get_peft_model(model, lora)
 
 
-def atomic_write_stage_config(stage_dir: Path, cfg, model, d):
+def _write_stage_config(stage_dir: Path, cfg, d):
     from chatforge.io import atomic_write_json
 
     atomic_write_json(stage_dir / "stage_config.json", {"stage": STAGE, "sft": asdict(cfg), "world_size": d.world_size})
