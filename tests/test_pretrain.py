@@ -56,7 +56,7 @@ def test_two_processes_match_one(fresh_run):
     a, b = losses(one), losses(two)
     assert sorted(a) == sorted(b)
     for step in a:
-        assert abs(a[step] - b[step]) < 2e-3 * max(1.0, abs(a[step])), (step, a[step], b[step])
+        assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])  # measured: 1e-6 over 60 steps
     assert json.loads((two / "base" / "summary.json").read_text())["world_size"] == 2
 
 
