@@ -69,20 +69,27 @@ def barrier():
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean of `t` over processes (a new tensor; `t` is untouched)."""
-    if not _state.enabled:
-        return t.clone()
-    out = t.detach().clone()
-    torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
-    return out / _state.world_size
+    """Mean of `t` over processes, as a new tensor on `t`'s device (`t` is untouched)."""
+    return all_reduce_sum(t) / _state.world_size
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of `t` over processes, as a new tensor on `t`'s device.
+
+    The collective runs on this process's device (NCCL only reduces CUDA tensors), so callers may
+    pass CPU scalars and counts without caring which backend is in use.
+    """
     if not _state.enabled:
-        return t.clone()
-    out = t.detach().clone()
+        return t.detach().clone()
+    out = t.detach().to(_state.device, copy=True)
     torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
-    return out
+    return out.to(t.device)
+
+
+def my_share(items):
+    """This process's contiguous share of a global batch (a list or a tensor), the same for any N that divides it."""
+    per = len(items) // _state.world_size
+    return items[_state.rank * per : (_state.rank + 1) * per]
 
 
 def wrap(model: torch.nn.Module) -> torch.nn.Module:

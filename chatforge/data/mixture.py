@@ -52,11 +52,11 @@ class MixtureSampler:
             rows.append(stream[start : start + self.seq_len + 1])
         return torch.stack(rows), which
 
-    def rank_rows(self, step: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    def rank_rows(self, step: int, batch_size: int) -> torch.Tensor:
         """This process's share of step `step`'s global batch."""
-        windows, _ = self.global_batch(step, batch_size)
-        per_rank = batch_size // world_size
-        return windows[rank * per_rank : (rank + 1) * per_rank]
+        from chatforge import dist
+
+        return dist.my_share(self.global_batch(step, batch_size)[0])
 
 
 def eval_windows(stream: torch.Tensor, seq_len: int, count: int) -> torch.Tensor:

@@ -50,7 +50,7 @@ def run(run_dir: Path, recipe: Recipe) -> dict:
     d = dist.init()
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(_tokenizer_dir(run_dir, cfg.init))
-    sampler, val_streams = _load_data(run_dir, cfg, tokenizer)
+    sampler, val_streams = load_mixture(run_dir, cfg, tokenizer)
     model = _init_model(recipe, tokenizer).to(d.device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     ckpt = Checkpointer(stage_dir)
@@ -61,8 +61,11 @@ def run(run_dir: Path, recipe: Recipe) -> dict:
     elif d.is_main:
         atomic_write_json(stage_dir / "stage_config.json", {"stage": STAGE, "pretrain": asdict(cfg), "model": model.config.to_dict(), "world_size": d.world_size})
     micro, accum = _micro_batching(cfg, d.world_size)
-    first = sampler.rank_rows(state["step"], cfg.batch_size, d.rank, d.world_size)[:micro].to(d.device)
-    train_model = dist.wrap(maybe_compile(model, first) if cfg.compile else model)
+    if cfg.compile:
+        model_to_train = maybe_compile(model, sampler.rank_rows(state["step"], cfg.batch_size)[:micro].to(d.device))
+    else:
+        model_to_train = model
+    train_model = dist.wrap(model_to_train)
     flops_per_token = train_flops_per_token(model, cfg.seq_len)
     ceiling = machine_ceiling(d)
     meter = Throughput(flops_per_token)
@@ -76,7 +79,7 @@ def run(run_dir: Path, recipe: Recipe) -> dict:
         t0 = time.perf_counter()
         lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
         set_lr(optimizer, lr)
-        rows = sampler.rank_rows(step, cfg.batch_size, d.rank, d.world_size)
+        rows = sampler.rank_rows(step, cfg.batch_size)
         loss_sum = torch.zeros((), device=d.device)
         for i in range(accum):
             chunk = rows[i * micro : (i + 1) * micro].to(d.device)
@@ -171,7 +174,8 @@ def _tokenizer_dir(run_dir: Path, init: str) -> Path:
     return run_dir / "tokenizer"
 
 
-def _load_data(run_dir: Path, cfg, tokenizer):
+def load_mixture(run_dir: Path, cfg, tokenizer):
+    """(sampler over the training streams by mixture weight, held-out stream per source) for `cfg` (a PretrainConfig)."""
     sources = discover_sources(Path(cfg.corpus) if cfg.corpus else run_dir / "data" / "corpus")
     cache = run_dir / "data" / "tokens"
     if dist.get().is_main:  # one process tokenises; the others read its cache

@@ -128,9 +128,8 @@ def run(run_dir: Path, recipe: Recipe) -> dict:
         t0 = time.perf_counter()
         lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
         set_lr(optimizer, lr)
-        mine = _rank_share(order.indices(step, num_sft), d)
-        dialogues = [train[i] for i in mine]
-        windows = replay.rank_rows(step, num_replay, d.rank, d.world_size) if replay else None
+        dialogues = [train[i] for i in dist.my_share(order.indices(step, num_sft))]
+        windows = replay.rank_rows(step, num_replay) if replay else None
         sft_loss, replay_loss, tokens = _accumulate(train_model, dialogues, windows, cfg, tokenizer.pad_token_id, d)
         grad_norm = clip_and_step(train_model, optimizer, cfg.grad_clip)
         seconds = time.perf_counter() - t0
@@ -160,18 +159,19 @@ def _accumulate(model, dialogues, windows, cfg, pad_id: int, d) -> tuple[float, 
     chunks = [("sft", dialogues[i : i + cfg.micro_batch_size]) for i in range(0, len(dialogues), cfg.micro_batch_size)]
     if windows is not None:
         chunks += [("replay", windows[i : i + cfg.micro_batch_size]) for i in range(0, len(windows), cfg.micro_batch_size)]
-    sft_sum, replay_sum = torch.zeros(()), torch.zeros(())
+    # Sums stay on the device: reading them back per micro-batch would sync the GPU each time.
+    sft_sum, replay_sum = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
     for i, (kind, chunk) in enumerate(chunks):
         with dist.no_sync(model, sync=i == len(chunks) - 1), autocast(d.device, cfg.dtype):
             if kind == "sft":
-                ids, mask = pad_right(chunk, pad_id)
-                loss_sum, _ = masked_token_loss(model(input_ids=ids.to(d.device)).logits, ids.to(d.device), mask.to(d.device))
+                ids, mask = (x.to(d.device) for x in pad_right(chunk, pad_id))
+                loss_sum, _ = masked_token_loss(model(input_ids=ids).logits, ids, mask)
                 (loss_sum * sft_scale).backward()
-                sft_sum += loss_sum.detach().cpu()
+                sft_sum += loss_sum.detach()
             else:
                 loss = next_token_loss(model, chunk.to(d.device))
                 (loss * cfg.replay * len(chunk) / len(windows)).backward()
-                replay_sum += loss.detach().cpu() * len(chunk) / len(windows)
+                replay_sum += loss.detach() * len(chunk) / len(windows)
     sft_loss = float(dist.all_reduce_sum(sft_sum)) / max(global_tokens, 1.0)
     replay_loss = float(dist.all_reduce_mean(replay_sum)) if windows is not None else 0.0
     return sft_loss, replay_loss, int(global_tokens)
@@ -181,13 +181,13 @@ def _accumulate(model, dialogues, windows, cfg, pad_id: int, d) -> tuple[float, 
 def evaluate(model, val, cfg, pad_id: int, d) -> float:
     """Mean cross-entropy per assistant token on held-out dialogues (each process takes every N-th)."""
     model.eval()
-    total = torch.zeros(2)
+    total = torch.zeros(2, device=d.device)
     mine = val[d.rank :: d.world_size]
     for i in range(0, len(mine), cfg.micro_batch_size):
-        ids, mask = pad_right(mine[i : i + cfg.micro_batch_size], pad_id)
+        ids, mask = (x.to(d.device) for x in pad_right(mine[i : i + cfg.micro_batch_size], pad_id))
         with autocast(d.device, cfg.dtype):
-            loss_sum, count = masked_token_loss(model(input_ids=ids.to(d.device)).logits, ids.to(d.device), mask.to(d.device))
-        total += torch.stack([loss_sum.detach().cpu(), count.cpu()])
+            loss_sum, count = masked_token_loss(model(input_ids=ids).logits, ids, mask)
+        total += torch.stack([loss_sum.detach(), count])
     total = dist.all_reduce_sum(total)
     model.train()
     return round(float(total[0] / total[1].clamp(min=1)), 6)
@@ -202,11 +202,6 @@ def _split_batch(cfg, world_size: int) -> tuple[int, int]:
     if num_sft == 0:
         raise ConfigError("sft.batch_size and sft.replay leave no dialogues in a batch")
     return num_replay, num_sft
-
-
-def _rank_share(items: list, d) -> list:
-    per = len(items) // d.world_size
-    return items[d.rank * per : (d.rank + 1) * per]
 
 
 def _load_dialogues(run_dir: Path, cfg, tokenizer):
@@ -231,11 +226,11 @@ def _load_dialogues(run_dir: Path, cfg, tokenizer):
 
 
 def _replay_sampler(run_dir: Path, recipe: Recipe, tokenizer):
-    from chatforge.train.pretrain import _load_data
+    from chatforge.train.pretrain import load_mixture
 
     # Not pretraining's order (replay should not retrace its steps) and windows of replay_len tokens.
     cfg = replace(recipe.pretrain, seq_len=recipe.sft.replay_len, seed=recipe.sft.seed + 1)
-    sampler, _ = _load_data(run_dir, cfg, tokenizer)
+    sampler, _ = load_mixture(run_dir, cfg, tokenizer)
     return sampler
 
 
