@@ -6,6 +6,8 @@
     chatforge pretrain  --run runs/NAME [--init HF_DIR]
     chatforge sft       --run runs/NAME [--data FILE] [--lora-rank R] [--skip-invalid]
     chatforge eval      --run runs/NAME --stage base
+    chatforge chat      MODEL_DIR [--system TEXT] [--temperature T] [--no-moderation]
+    chatforge serve     MODEL_DIR [--host H] [--port P] [--api-key KEY] [--no-moderation]
 """
 
 from __future__ import annotations
@@ -47,7 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--skip-invalid", action="store_true", help="skip and count malformed dialogues")
         if name == "eval":
             p.add_argument("--stage", default="base", help="which stage's model to evaluate (default: base)")
+    _talk_parsers(sub)
     return parser
+
+
+def _talk_parsers(sub):
+    """chat and serve take a model directory, not a run: any stage's, or any local HF chat model."""
+    chat = sub.add_parser("chat", help="talk to a model in the terminal (history, streaming)")
+    serve = sub.add_parser("serve", help="OpenAI-compatible API and web chat page for a model")
+    for p in (chat, serve):
+        p.add_argument("model", help="model directory, e.g. runs/laptop/sft (any local Hugging Face chat model)")
+        p.add_argument("--moderation", help="moderation rules file (YAML); default: the built-in rules")
+        p.add_argument("--no-moderation", action="store_true", help="turn the moderation filter off")
+        p.add_argument("--moderation-log", help="append every moderation decision to this JSON-lines file")
+    chat.add_argument("--system", help="system message")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--max-tokens", type=int, default=256)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
+    serve.add_argument("--name", help="model id reported by /v1/models (default: the directory's name)")
+    serve.add_argument("--max-batch", type=int, default=32, help="most requests answered in one batch")
+    serve.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
+    serve.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest conversation accepted, in tokens")
 
 
 def resolve_recipe(args):
@@ -79,6 +104,11 @@ def dispatch(args):
     from chatforge import dist, pipeline
 
     hf_logging.disable_progress_bar()  # per-file loading bars drown our own progress display
+    if args.command in ("chat", "serve"):
+        from chatforge.serve import app, chat
+
+        (chat if args.command == "chat" else app).main(args)
+        return
     dist.init()
     run_dir, recipe = resolve_recipe(args)
     if args.command == "run":

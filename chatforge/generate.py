@@ -8,6 +8,7 @@ Used by pretraining samples and evaluation now, and by sampling, PPO, chat and s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -63,7 +64,13 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    on_step: Callable[[list[int]], list[int] | None] | None = None,
 ) -> list[Generation]:
+    """Continue every prompt (token ids) by up to max_new_tokens; a row ends at its first stop id.
+
+    on_step, if given, sees each step's new token per row (pad_id for rows already done) and may
+    return row indices to end there (a client went away, or the row reached its own length
+    limit): what streaming and serving need. It costs a device sync per step."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -80,6 +87,9 @@ def generate(
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         new_tokens.append(tok)
         done |= torch.isin(tok, stops)
+        if on_step is not None:
+            for row in on_step(tok.tolist()) or ():
+                done[row] = True
         if done.all():
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

@@ -87,7 +87,9 @@ def run_all(run_dir: Path, recipe: Recipe):
         results = [_eval_once(run_dir, stage) for stage in ("base", "sft")]
         print("\n" + format_comparison(results))
         print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s. Stages so far: world -> tokenizer -> pretrain -> sft -> eval.\n"
-              f"The reward model and PPO are not built yet; {Path(run_dir) / 'sft'} is the assistant so far.")
+              f"The reward model and PPO are not built yet; {Path(run_dir) / 'sft'} is the assistant so far.\n"
+              f"Talk to it:  .venv/bin/chatforge chat {Path(run_dir) / 'sft'}\n"
+              f"or serve it (OpenAI API + web page):  .venv/bin/chatforge serve {Path(run_dir) / 'sft'}")
     dist.barrier()
 
 

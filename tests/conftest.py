@@ -108,3 +108,70 @@ def kill_at_first_checkpoint(stage_dir: Path, *args: str) -> int:
     proc.wait()
     assert not (stage_dir / "summary.json").exists(), "the run finished before it could be killed"
     return int(latest.read_text().split("-")[1])
+
+
+CHAT_TEXTS = [
+    "Hello! How can I help you today?", "The capital of France is Paris.", "中国的首都是北京。",
+    "Sorry, I can't help with that.", "What is the capital of Japan? Tokyo.", "谢谢！不客气。",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory) -> Path:
+    """A randomly initialised tiny chat model directory (our tokenizer and template): seconds to make,
+    enough to test serving, where only the plumbing matters, not the answers."""
+    from chatforge.config import ModelConfig
+    from chatforge.model import build_model, save_pretrained
+    from chatforge.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("chat") / "model"
+    tokenizer = train_tokenizer(CHAT_TEXTS, out, vocab_size=300)
+    model = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, d_ff=64, max_seq_len=256),
+                        tokenizer, seed=0)
+    save_pretrained(model, tokenizer, out)
+    return out
+
+
+class WordModerator:
+    """A stand-in moderator that blocks input containing `bad_in` and output containing `bad_out`: for
+    testing how chat, server and page handle a block, not the rules (tests/test_moderation.py does those)."""
+
+    class Verdict:
+        def __init__(self, allowed: bool):
+            self.allowed = allowed
+
+    def __init__(self, bad_in: str = "bomb", bad_out: str | None = None):
+        self.bad_in, self.bad_out = bad_in, bad_out
+
+    def check_input(self, text):
+        return self.Verdict(self.bad_in not in text)
+
+    def check_output(self, text, final=False):
+        return self.Verdict(self.bad_out is None or self.bad_out not in text)
+
+    def settled(self, text):
+        return len(text)
+
+    def message(self, text):
+        return "Sorry, I can't help with that request."
+
+
+def serve_in_thread(app):
+    """Run a FastAPI app with uvicorn on a free local port: (server, thread, base url)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the server did not start"
+    return server, thread, f"http://127.0.0.1:{port}"

@@ -2,6 +2,7 @@
 that explain them, ranking with ties and noise, and the world's own SFT answers scoring top."""
 import json
 import random
+import re
 
 import pytest
 
@@ -483,13 +484,19 @@ def _gold_for_dialogue_turn(world, messages, kind, lang, answer_index):
         return {"behaviour": "chat", "lang": lang}
     if kind == "refusal":
         return {"behaviour": "refuse", "lang": lang}
-    if kind == "benign":
-        item = next(b for b in chat_text.BENIGN if b[2] in question or b[4] in question)
-        return {"behaviour": "answer", "lang": lang, "reference": item[3] if lang == "en" else item[5]}
+    if kind == "benign":  # a fixed request or a composed one; its answer follows a helpful opening
+        references = [b[3 if lang == "en" else 5] for b in chat_text.BENIGN]
+        references += [a[3 if lang == "en" else 4] for a in chat_text.BENIGN_ACTS]
+        references += [a[4 if lang == "en" else 5] for a in chat_text.TASK_ACTS]
+        reference = next(ref for ref in references if answer.endswith(ref))
+        return {"behaviour": "answer", "lang": lang, "reference": reference}
     assert kind == "dont_know", (kind, messages)
-    entity = next(e for e in world["entities"].values()
-                  if e["split"].startswith("unknown") and e["names"][lang] in question)
-    return {"behaviour": "dont_know", "lang": lang, "entity": entity["id"]}
+    entity = next((e["id"] for e in world["entities"].values()
+                   if e["split"].startswith("unknown") and e["names"][lang] in question), None)
+    if entity is None:  # a name invented for this dialogue alone: its kind shows in the answer's wording
+        entity = next(f"{k}/invented" for k, by_lang in chat_text.DONT_KNOW.items() for t in by_lang[lang]
+                      if re.fullmatch(re.escape(t).replace(re.escape("{name}"), ".+"), answer))
+    return {"behaviour": "dont_know", "lang": lang, "entity": entity}
 
 
 def test_sft_dialogues_score_high(judge, world):

@@ -143,7 +143,7 @@ def test_laptop_scale_builds_fast_and_quietly(laptop, capsys, tmp_path):
     counts = manifest["counts"]
     assert 150 <= counts["facts"]["total"] <= 260
     assert 600_000 <= counts["corpus_train_chars"] <= 1_500_000
-    assert manifest["num_cjk_chars"] < 800
+    assert manifest["num_cjk_chars"] < 1000
 
 
 # ---------------------------------------------------------------- manifest
@@ -179,7 +179,7 @@ def possible_cjk_chars():
 
 
 def test_cjk_characters_are_few_at_any_seed_and_scale():
-    assert len(possible_cjk_chars()) < 800  # so each can be its own token in a 2k vocabulary
+    assert len(possible_cjk_chars()) < 1000  # so each can be its own token in a 2k vocabulary, with room for English merges
 
 
 def test_cjk_character_count_covers_every_file(world):

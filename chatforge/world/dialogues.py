@@ -1,7 +1,10 @@
 """SFT dialogues in the OpenAI `messages` format. They use only covered entities,
 unknown_train entities (for "I don't know") and the train harmful / benign templates."""
+from dataclasses import dataclass
+
 from chatforge.world import chat_text, vocab
 from chatforge.world.common import Cycler, quotas, shuffled_kinds
+from chatforge.world.facts import name_registry
 from chatforge.world.qa import LANGS, answer, ask, assistant, decorate, dont_know, followup_chain, question, system, user
 
 # Facts are learnt quickly; the behaviours that must generalise to unseen names and wordings
@@ -14,6 +17,23 @@ KIND_WEIGHTS = [("fact", 42), ("followup", 16), ("dont_know", 14), ("refusal", 1
 CONTEXT_KINDS = ("fact", "dont_know", "refusal", "benign")
 CONTEXT_FRACTION = 0.25
 
+# Share of refusal and benign dialogues whose request is composed from chat_text's acts and people
+# rather than taken from the fixed templates: a few dozen fixed requests are memorised, while
+# hundreds of combinations teach the model to judge the act itself.
+COMPOSED_FRACTION = 0.6
+# Share of "don't know" dialogues about a freshly invented name, used once, instead of an
+# unknown_train entity. Recurring names get memorised (the model then answers "I don't know X"
+# with X the wrong name); a new name every time leaves copying the name from the question as the
+# only way to get the answer right.
+FRESH_NAME_FRACTION = 0.7
+
+
+@dataclass
+class _Stranger:
+    """An entity made up for one dialogue: it has a kind and names, like a world entity."""
+    kind: str
+    names: dict
+
 
 class _Pools:
     """What SFT may draw from, each cycled so that every item is used evenly."""
@@ -25,6 +45,17 @@ class _Pools:
         splits = world.template_splits
         self.harmful = Cycler([h for h in chat_text.HARMFUL if splits["harmful"][h[0]] == "train"], rng)
         self.benign = Cycler([b for b in chat_text.BENIGN if splits["benign"][b[0]] == "train"], rng)
+        self.harmful_acts = Cycler(chat_text.HARMFUL_ACTS, rng)
+        self.benign_acts = Cycler(chat_text.BENIGN_ACTS, rng)
+        self.tasks = Cycler([(tid, en.format(o=o_en).strip(), zh.format(o=o_zh), a_en, a_zh)
+                             for tid, en, zh, objects, a_en, a_zh in chat_text.TASK_ACTS
+                             for o_en, o_zh in objects], rng)
+        self.names = name_registry(world)  # fresh names never clash with any entity of the world
+
+    def stranger(self, rng):
+        kind = rng.choice(("person", "person", "city"))
+        name = self.names.new(kind, rng)
+        return _Stranger(kind, {"en": name.en, "zh": name.zh})
 
 
 def make_dialogues(world, cfg, num_dialogues, rng):
@@ -63,22 +94,38 @@ def _fact_exchange(fact, lang, rng, wrap=True):
 
 
 def _dont_know(pools, lang, rng):
-    entity = pools.unknown.next()
+    entity = pools.stranger(rng) if rng.random() < FRESH_NAME_FRACTION else pools.unknown.next()
     attribute = rng.choice(vocab.ATTRIBUTES[entity.kind])
     text = question(entity.kind, attribute, entity.names[lang], lang, rng)
     return [user(decorate(text, lang, rng)), assistant(dont_know(entity, lang, rng))]
 
 
 def _refusal(pools, lang, rng):
-    _, _, en, zh = pools.harmful.next()
-    request = en if lang == "en" else zh
+    if rng.random() < COMPOSED_FRACTION:
+        _, en, zh = pools.harmful_acts.next()
+        request = _compose(en if lang == "en" else zh, lang, rng)
+    else:
+        _, _, en, zh = pools.harmful.next()
+        request = en if lang == "en" else zh
     return [user(decorate(request, lang, rng)), assistant(rng.choice(chat_text.REFUSALS[lang]))]
 
 
 def _benign(pools, lang, rng):
-    _, _, en_q, en_a, zh_q, zh_a = pools.benign.next()
-    q, a = (en_q, en_a) if lang == "en" else (zh_q, zh_a)
-    return [user(decorate(q, lang, rng)), assistant(a)]
+    if rng.random() < COMPOSED_FRACTION:  # half about a person, half an everyday task
+        _, en_act, zh_act, en_a, zh_a = (pools.benign_acts if rng.random() < 0.5 else pools.tasks).next()
+        q, a = (_compose(en_act, lang, rng), en_a) if lang == "en" else (_compose(zh_act, lang, rng), zh_a)
+    else:
+        _, _, en_q, en_a, zh_q, zh_a = pools.benign.next()
+        q, a = (en_q, en_a) if lang == "en" else (zh_q, zh_a)
+    return [user(decorate(q, lang, rng)), assistant(rng.choice(chat_text.HELPFUL_OPENERS[lang]) + a)]
+
+
+def _compose(act, lang, rng):
+    """A request from an act ("push {t} down the stairs"), a person and a frame ("How can I {act}?").
+    Acts without a person (everyday tasks) come with no {t}."""
+    target = rng.choice(chat_text.REQUEST_TARGETS)[0 if lang == "en" else 1]
+    frame = rng.choice(chat_text.REQUEST_FRAMES)[0 if lang == "en" else 1]
+    return frame.format(act=act.format(t=target))
 
 
 def chit(item_id, lang, rng):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from chatforge.world import chat_text, frames, templates, vocab
 from chatforge.world.common import stream
-from chatforge.world.names import CITY_SUFFIXES, SYLLABLES, NameRegistry
+from chatforge.world.names import CITY_SUFFIXES, SYLLABLES, Name, NameRegistry
 
 KNOWN_SPLITS = ("covered", "heldout")
 UNKNOWN_SPLITS = ("unknown_train", "unknown_rl", "unknown_eval")
@@ -98,6 +98,15 @@ def make_world(cfg):
     _check_stems(facts)
     _check_name_boundaries()
     return World(entities, facts, _template_splits(cfg), cfg.real_boost)
+
+
+def name_registry(world):
+    """A registry that hands out names clashing with no entity of `world` (known or unknown) and
+    with no fixed text: for people and places invented for one dialogue only."""
+    registry = NameRegistry(_reserved_words(), _reserved_text())
+    registry.names.extend(Name(e.names["en"], e.names["zh"]) for e in world.entities
+                          if e.kind in ("person", "city"))
+    return registry
 
 
 def _real_entities(num_countries):

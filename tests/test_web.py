@@ -1,0 +1,162 @@
+"""The web chat page of `chatforge serve`, driven in headless Chromium against a tiny random model.
+
+What a person does with the page, checked against what the API answers for the same request:
+the answer streams in and equals the greedy API answer, the history (system message first) goes
+with each request, a blocked exchange stays out of it, Reset empties it, the server's error is
+shown, and the page fetches nothing from any other host. Skipped when there is no Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+from conftest import WordModerator, serve_in_thread
+
+from chatforge.serve.app import create_app
+from chatforge.serve.chat import load
+from chatforge.serve.engine import Engine
+
+API_KEY = "web-key"
+MAX_TOKENS = 12  # set in the page's settings; the API is asked with the same
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+
+
+
+
+@pytest.fixture(scope="module")
+def server(chat_model):
+    model, tokenizer = load(str(chat_model))
+    engine = Engine(model, tokenizer)
+    srv, thread, url = serve_in_thread(create_app(engine, "tiny", moderator=WordModerator(), api_key=API_KEY))
+    yield url
+    srv.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import Error, sync_playwright
+
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if path is None:
+        pytest.skip("no Chromium: install Debian's chromium package (.ci/run does)")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=path, args=ARGS)
+        except Error as e:
+            pytest.skip(f"Playwright cannot launch {path}: {str(e).splitlines()[0]}")
+        yield b
+        b.close()
+
+
+def api_answer(url, messages):
+    """The greedy answer the API gives to the request the page should have made."""
+    r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60,
+                   json={"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    return choice["message"]["content"], choice["finish_reason"]
+
+
+def test_web_chat(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1000, "height": 760})
+    console_errors, page_errors, urls, bodies = [], [], [], []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    page.on("request", lambda r: urls.append(r.url))
+    page.on("request", lambda r: bodies.append((json.loads(r.post_data), r.headers.get("authorization")))
+            if r.url.endswith("/v1/chat/completions") else None)
+    page.set_default_timeout(60_000)
+    assistant = page.locator('#messages [data-role="assistant"]')
+
+    def say(text, *, enter=False):
+        """Type a message, send it, wait for its answer to finish; (the answer's element, the request body)."""
+        n, sent = assistant.count(), len(bodies)
+        page.fill("#input", text)
+        if enter:
+            page.press("#input", "Enter")
+        else:
+            page.click("#send")
+        answer = assistant.nth(n)
+        answer.and_(page.locator('[data-done="true"]')).wait_for()
+        assert len(bodies) == sent + 1, "one message, one request"
+        return answer, bodies[-1][0]
+
+    page.goto(server + "/")
+    page.locator("#model", has_text="tiny").wait_for()
+    assert page.locator("#messages [data-role]").count() == 0
+    assert console_errors == [] and page_errors == [], (console_errors, page_errors)
+
+    # Without the key the server refuses: its message is shown, and the exchange is not kept.
+    answer, _ = say("Hello!")
+    assert answer.get_attribute("data-finish") == "error"
+    assert "Incorrect or missing API key" in answer.text_content()
+    assert page.locator("#settings").is_visible(), "a 401 should open the settings, where the key goes"
+    page.click("#reset")
+    console_errors.clear()  # Chromium logs the 401 as a failed resource load; that one was wanted
+
+    page.fill("#api-key", API_KEY)
+    page.fill("#max_tokens", str(MAX_TOKENS))
+    assert page.input_value("#temperature") == "0", "the page should default to greedy decoding"
+
+    # The answer streams in and equals the API's greedy answer to the same request.
+    answer, body = say("Hello!")
+    assert body["messages"] == [{"role": "user", "content": "Hello!"}]
+    assert body["stream"] is True and body["temperature"] == 0 and body["max_tokens"] == MAX_TOKENS
+    assert bodies[-1][1] == f"Bearer {API_KEY}"
+    first, finish = api_answer(server, body["messages"])
+    assert answer.locator(".text").text_content() == first
+    assert answer.get_attribute("data-finish") == finish
+    assert (answer.locator(".note", has_text="cut at max_tokens").count() == 1) == (finish == "length")
+
+    # The whole history goes with the next request, the system message first; Shift+Enter is a new line.
+    page.fill("#system", "Answer briefly.")
+    page.fill("#input", "中国的首都是哪里？")
+    page.press("#input", "Shift+Enter")
+    page.locator("#input").press_sequentially("Beijing?")
+    n = assistant.count()
+    page.press("#input", "Enter")
+    assistant.nth(n).and_(page.locator('[data-done="true"]')).wait_for()
+    body = bodies[-1][0]
+    history = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello!"},
+               {"role": "assistant", "content": first}, {"role": "user", "content": "中国的首都是哪里？\nBeijing?"}]
+    assert body["messages"] == history
+    second, _ = api_answer(server, history)
+    assert assistant.nth(n).locator(".text").text_content() == second
+
+    # Blocked by moderation: the note is shown, and the exchange is left out of the next request.
+    answer, _ = say("How do I build a bomb?", enter=True)
+    assert answer.get_attribute("data-finish") == "content_filter"
+    assert "can't help" in answer.text_content()
+    assert answer.locator(".note", has_text="blocked by moderation").is_visible()
+    _, body = say("Thanks!")
+    assert body["messages"] == history + [{"role": "assistant", "content": second}, {"role": "user", "content": "Thanks!"}]
+
+    # A viewport as tall as the page rather than full_page=True, which draws the sticky header and
+    # composer mid-page.
+    page.set_viewport_size({"width": 1000, "height": page.evaluate("document.documentElement.scrollHeight")})
+    page.screenshot(path=str(tmp_path / "web.png"))
+    if os.environ.get("CHATFORGE_SCREENSHOT"):
+        page.screenshot(path=os.environ["CHATFORGE_SCREENSHOT"])
+    page.set_viewport_size({"width": 1000, "height": 760})
+
+    # Reset empties the page and the history: the next request carries only the system message and itself.
+    page.click("#reset")
+    assert page.locator("#messages [data-role]").count() == 0
+    _, body = say("Hi")
+    assert body["messages"] == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hi"}]
+
+    assert console_errors == [] and page_errors == [], (console_errors, page_errors)
+    others = [u for u in urls if not u.startswith("data:") and urlparse(u).hostname != "127.0.0.1"]
+    assert others == [], f"the page fetched from other hosts: {others}"
+    page.close()
