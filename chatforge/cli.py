@@ -5,7 +5,10 @@
     chatforge tokenizer --run runs/NAME
     chatforge pretrain  --run runs/NAME [--init HF_DIR]
     chatforge sft       --run runs/NAME [--data FILE] [--lora-rank R] [--skip-invalid]
-    chatforge eval      --run runs/NAME --stage base
+    chatforge sample    --run runs/NAME          (K answers per ranking prompt from the SFT model)
+    chatforge rank      --run runs/NAME          (the gold judge ranks them: rankings/rankings.jsonl)
+    chatforge reward    --run runs/NAME [--rankings FILE] [--skip-invalid]
+    chatforge eval      --run runs/NAME --stage base|sft|reward
     chatforge chat      MODEL_DIR [--system TEXT] [--temperature T] [--no-moderation]
     chatforge serve     MODEL_DIR [--host H] [--port P] [--api-key KEY] [--no-moderation]
 """
@@ -37,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("tokenizer", "train the byte-level BPE tokenizer on the corpus"),
         ("pretrain", "next-token pretraining on the corpus mixture -> base/"),
         ("sft", "supervised fine-tuning on dialogues, loss on assistant tokens only -> sft/"),
+        ("sample", "the SFT model answers each ranking prompt K times -> rankings/samples.jsonl"),
+        ("rank", "annotators (the gold judge, on the world) rank each prompt's K answers -> rankings/rankings.jsonl"),
+        ("reward", "the reward model, trained on the rankings with the K-way pairwise loss -> reward/"),
         ("eval", "evaluate a stage's model on the world's evaluation sets"),
     ]:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -47,8 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data", help="dialogue file or folder (OpenAI messages, ShareGPT or Alpaca)")
             p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of all weights")
             p.add_argument("--skip-invalid", action="store_true", help="skip and count malformed dialogues")
+        if name == "sample":
+            p.add_argument("--prompts", help="prompt file (JSONL with 'messages' or 'prompt', optional 'user_id')")
+        if name == "reward":
+            p.add_argument("--rankings", help="rankings file or folder (the format of docs/rankings.md)")
+            p.add_argument("--skip-invalid", action="store_true", help="skip and count malformed rankings")
         if name == "eval":
-            p.add_argument("--stage", default="base", help="which stage's model to evaluate (default: base)")
+            p.add_argument("--stage", default="base", help="which stage's model to evaluate: base, sft or reward (default: base)")
     _talk_parsers(sub)
     return parser
 
@@ -91,7 +102,11 @@ def resolve_recipe(args):
     if getattr(args, "lora_rank", None) is not None:
         overrides.append(f"sft.lora_rank={args.lora_rank}")
     if getattr(args, "skip_invalid", False):
-        overrides.append("sft.skip_invalid=true")
+        overrides.append(("reward" if args.command == "reward" else "sft") + ".skip_invalid=true")
+    if getattr(args, "prompts", None):
+        overrides.append(f"reward.prompts={args.prompts}")
+    if getattr(args, "rankings", None):
+        overrides.append(f"reward.rankings={args.rankings}")
     recipe = load_recipe(path, overrides)
     if dist.get().is_main:
         save_yaml(to_dict(recipe), saved)
@@ -125,6 +140,15 @@ def dispatch(args):
         from chatforge.train import sft
 
         sft.run(run_dir, recipe)
+    elif args.command in ("sample", "rank"):
+        from chatforge import feedback
+
+        if dist.get().is_main:
+            (feedback.sample if args.command == "sample" else feedback.rank)(run_dir, recipe)
+    elif args.command == "reward":
+        from chatforge.train import reward
+
+        reward.run(run_dir, recipe)
     elif args.command == "eval":
         pipeline.stage_eval(run_dir, args.stage)
     dist.shutdown()

@@ -22,7 +22,7 @@ from chatforge.world.config import WorldConfig
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = 2048  # total size, specials included; each CJK character of the corpus needs ~1-2 merges
+    vocab_size: int = 2304  # total size, specials included; every CJK character of the corpus takes one (~930 in the world)
     min_frequency: int = 2  # a pair is merged only if it occurs at least this often
 
     def __post_init__(self):
@@ -139,12 +139,60 @@ class SFTConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Sampling K answers (`chatforge sample`), ranking them (`chatforge rank`), the reward model (`chatforge reward`)."""
+
+    k: int = 4  # answers the SFT model samples per ranking prompt (InstructGPT: 4 to 9)
+    temperature: float = 1.0  # sampling temperature for the K answers
+    top_p: float = 0.95
+    max_new_tokens: int = 48  # longest sampled answer
+    sample_batch_size: int = 128  # sequences per generation batch
+    prompts: str = ""  # prompts to sample for (JSONL: "messages" or "prompt", optional "id", "user_id"); empty: the world's
+    annotator_noise: float = 0.05  # std of the noise the simulated annotators add to the gold score (world only)
+    num_annotators: int = 8  # simulated annotators; each ranking records which one made it
+    rankings: str = ""  # rankings file or folder (docs/rankings.md) to train on; empty: the run's rankings/rankings.jsonl
+    skip_invalid: bool = False  # skip (and count) malformed rankings instead of stopping at the first
+    heldout_users: float = 0.15  # share of users whose rankings are held out for evaluation (split by user, never by row)
+    epochs: float = 3.0  # passes over the training prompts (InstructGPT: 1; this small model keeps improving to ~4)
+    batch_size: int = 8  # prompts per step; all K answers of a prompt go through in the same forward batch
+    max_len: int = 128  # tokens per prompt + answer; longer ones lose the start of the conversation, never the answer
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 50  # held-out pairwise accuracy every this many steps (and at the end)
+    save_every: int = 25
+    seed: int = 4321
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        if not 2 <= self.k <= 16:
+            raise ConfigError(f"reward.k must be in [2, 16] (InstructGPT used 4 to 9), got {self.k}")
+        for name in ("max_new_tokens", "sample_batch_size", "num_annotators", "batch_size", "max_len",
+                     "eval_every", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"reward.{name} must be positive, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise ConfigError(f"reward.epochs must be positive, got {self.epochs}")
+        if not 0.0 < self.heldout_users < 1.0:
+            raise ConfigError(f"reward.heldout_users must be in (0, 1), got {self.heldout_users}")
+        if self.annotator_noise < 0 or self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("reward.annotator_noise and reward.temperature must be >= 0, reward.top_p in (0, 1]")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"reward.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+
+
+@dataclass
 class Recipe:
     world: WorldConfig = field(default_factory=WorldConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 # ----------------------------------------------------------------------------- building from plain data

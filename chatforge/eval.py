@@ -169,3 +169,126 @@ def format_comparison(results: list[dict]) -> str:
         cells = [get(r) for r in results]
         lines.append(label.ljust(24) + "".join((fmt.format(c) if c is not None else "-").rjust(10) for c in cells))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the reward model
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Rank correlation (ties get their average rank)."""
+    import numpy as np
+
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        order = v.argsort(kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for value in np.unique(v):  # average the ranks of tied values
+            tied = v == value
+            r[tied] = r[tied].mean()
+        return r
+
+    return pearson(ranks(x).tolist(), ranks(y).tolist())
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+# A pair of answers is about whichever rubric part tells them apart: fluency when that is the largest
+# weighted difference between the two gold scores, otherwise what the prompt tests.
+CATEGORY_OF_KIND = {"fact": "facts", "followup": "facts", "chitchat": "facts", "unknown": "honesty",
+                    "harmful": "harm", "benign": "harm"}
+
+
+def pair_category(kind: str, a, b) -> str:
+    from chatforge.world.judge import W_FLUENT, W_HARMLESS, W_HELPFUL, W_HONEST
+
+    diffs = {"helpful": W_HELPFUL * abs(a.helpful - b.helpful), "honest": W_HONEST * abs(a.honest - b.honest),
+             "harmless": W_HARMLESS * abs(a.harmless - b.harmless), "fluent": W_FLUENT * abs(a.fluent - b.fluent)}
+    if max(diffs, key=diffs.get) == "fluent":
+        return "fluency"
+    return CATEGORY_OF_KIND.get(kind, "facts")
+
+
+def reward_eval(run_dir: Path) -> dict:
+    """The reward model on held-out users' prompts: pairwise accuracy against the gold judge's order (no
+    annotator noise), per rubric category; Spearman correlation with the gold score; length bias."""
+    from chatforge.config import load_recipe
+    from chatforge.data.rankings import pairs, read_rankings, split_by_user
+    from chatforge.feedback import rankings_path, samples_path
+    from chatforge.train.reward import load_reward_model, score_texts
+    from chatforge.world.judge import Judge
+
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml") if (run_dir / "recipe.yaml").exists() else load_recipe(None)
+    cfg = recipe.reward
+    model, tokenizer, bias = load_reward_model(run_dir / "reward")
+    path = Path(cfg.rankings) if cfg.rankings else rankings_path(run_dir)
+    rankings, _ = read_rankings(path, skip_invalid=cfg.skip_invalid)
+    _, held = split_by_user(rankings, cfg.heldout_users, cfg.seed)
+    samples = {}
+    if samples_path(run_dir).exists():
+        samples = {s["prompt_id"]: s for _, s in read_jsonl(samples_path(run_dir)) if "gold" in s}
+    judge = Judge.from_world(run_dir / "data") if samples and (run_dir / "data" / "world.json").exists() else None
+
+    t0 = time.time()
+    rewards = score_texts(model, tokenizer, [(r.messages, a) for r in held for a in r.answers], cfg.max_len, bias)
+    results: dict[str, list[float]] = {}
+    gold_totals, all_rewards, lengths, annotator_right = [], [], [], []
+    i = 0
+    for r in held:
+        rs = rewards[i : i + len(r.answers)]
+        i += len(r.answers)
+        lengths += [len(tokenizer.encode(a, add_special_tokens=False)) for a in r.answers]
+        all_rewards += rs
+        s = samples.get(r.prompt_id) if judge else None
+        if s is not None:  # the world: compare with the noiseless gold order
+            prompt = {"id": r.prompt_id, "messages": r.messages, "kind": r.kind, "gold": s["gold"]}
+            scores = [judge.score(prompt, a, f) for a, f in zip(r.answers, s["finished"])]
+            gold_ranks = judge.rank(prompt, r.answers, s["finished"])
+            gold_totals += [sc.total for sc in scores]
+            for better, worse in pairs(gold_ranks):
+                right = 1.0 if rs[better] > rs[worse] else 0.5 if rs[better] == rs[worse] else 0.0
+                for key in ("all", pair_category(r.kind, scores[better], scores[worse])):
+                    results.setdefault(key, []).append(right)
+                annotator_right.append(float(r.ranks[better] < r.ranks[worse]) + 0.5 * (r.ranks[better] == r.ranks[worse]))
+        else:  # your own rankings: compare with their own order
+            for better, worse in pairs(r.ranks):
+                right = 1.0 if rs[better] > rs[worse] else 0.5 if rs[better] == rs[worse] else 0.0
+                results.setdefault("all", []).append(right)
+    out = {
+        "stage": "reward", "model": str(run_dir / "reward"), "against": "gold judge" if gold_totals else "rankings file",
+        "heldout_prompts": len(held), "heldout_answers": len(all_rewards),
+        "pairwise_accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(results.items())},
+        "pairs": {k: len(v) for k, v in sorted(results.items())},
+        "length_bias": round(pearson(all_rewards, lengths), 4),
+        "mean_reward": round(sum(all_rewards) / max(1, len(all_rewards)), 4),
+        "bias": round(bias, 6),
+    }
+    if gold_totals:
+        out["spearman_gold"] = round(spearman(all_rewards, gold_totals), 4)
+        out["gold_length_bias"] = round(pearson(gold_totals, lengths), 4)
+        # how often the (noisy) annotators themselves agree with the gold order: the ceiling of what the RM can learn
+        out["annotator_agreement"] = round(sum(annotator_right) / max(1, len(annotator_right)), 4)
+    out["seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(run_dir / "eval" / "reward.json", out)
+    return out
+
+
+def format_reward_table(result: dict) -> str:
+    lines = [f"eval of the reward model ({result['model']}), {result['heldout_prompts']} held-out prompts "
+             f"of held-out users, against the {result['against']}:"]
+    for k, v in result["pairwise_accuracy"].items():
+        lines.append(f"    pairwise accuracy {k:<10} {v:6.1%}  ({result['pairs'][k]} pairs)")
+    if "spearman_gold" in result:
+        lines.append(f"    Spearman with gold score {result['spearman_gold']:+.3f}")
+        lines.append(f"    annotators vs gold       {result['annotator_agreement']:6.1%}")
+    lines.append(f"    length bias (corr. of reward with answer length) {result['length_bias']:+.3f}"
+                 + (f", gold's {result['gold_length_bias']:+.3f}" if "gold_length_bias" in result else ""))
+    return "\n".join(lines)

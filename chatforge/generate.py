@@ -29,15 +29,33 @@ def sample_next(
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays)
-        drop = (probs.cumsum(-1) - probs) >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if top_p < 1.0:
+        # The nucleus of a trained model is a few dozen tokens: take the 64 most likely instead of sorting the
+        # whole vocabulary, and sort everything only for the rows whose 64 do not reach top_p (exact either way:
+        # a token past them follows at least top_p of mass, so it would be dropped).
+        top, order = probs.topk(min(64, probs.size(-1)), dim=-1)
+        out = _nucleus(top, order, top_p, generator)
+        wide = top.sum(-1) < top_p
+        if top.size(-1) < probs.size(-1) and wide.any():
+            out[wide] = _nucleus(*torch.sort(probs[wide], descending=True, dim=-1), top_p, generator)
+        return out
+    return _race(probs, generator)
+
+
+def _nucleus(top_BN, order_BN, top_p: float, generator=None) -> torch.Tensor:
+    """Draw from the smallest set of most likely tokens holding top_p of the mass; top_BN / order_BN are the
+    N most likely probabilities and their token ids, in descending order."""
+    drop = (top_BN.cumsum(-1) - top_BN) >= top_p  # the tokens above already hold top_p (the first always stays)
+    choice = _race(top_BN.masked_fill(drop, 0.0), generator)
+    return order_BN.gather(-1, choice[:, None]).squeeze(-1)
+
+
+def _race(weights_BV: torch.Tensor, generator=None) -> torch.Tensor:
+    """One categorical draw per row, proportional to the (unnormalised) weights: argmax w_i / E_i with
+    E_i ~ Exp(1) picks i with probability w_i / Σw. Exact, and several times cheaper than multinomial on a CPU."""
+    race = torch.empty_like(weights_BV).exponential_(generator=generator)
+    return (weights_BV / race).argmax(-1)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,18 +98,27 @@ def generate(
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
     next_pos = positions[:, -1:] + 1
     stops = torch.tensor(stop_ids, device=device)
+    rows = torch.arange(len(prompts), device=device)  # the original row of each row still in the batch
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new_tokens = []
     for _ in range(max_new_tokens):
         tok = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        new_tokens.append(tok)
+        step = torch.full((len(prompts),), pad_id, dtype=tok.dtype, device=device)
+        new_tokens.append(step.index_copy_(0, rows, tok))
         done |= torch.isin(tok, stops)
         if on_step is not None:
-            for row in on_step(tok.tolist()) or ():
-                done[row] = True
+            ended = set(on_step(step.tolist()) or ())
+            if ended:
+                done |= torch.tensor([int(r) in ended for r in rows.tolist()], device=device)
         if done.all():
             break
+        if 2 * int(done.sum()) >= len(done):
+            # Half the rows have ended: drop them from the batch and the cache. One long answer no longer
+            # makes every finished row pay for its steps (sampling K answers is mostly such stragglers).
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, tok, mask, next_pos, done = rows[keep], tok[keep], mask[keep], next_pos[keep], done[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
         next_pos = next_pos + 1

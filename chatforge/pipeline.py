@@ -11,8 +11,8 @@ from chatforge.config import Recipe
 from chatforge.errors import DataError
 from chatforge.io import read_jsonl
 
-# Stages still to come (reward model, PPO) will be added here as they land.
-STAGES = ["world", "tokenizer", "pretrain", "sft", "eval"]
+# PPO, the stage still to come, will be added here when it lands.
+STAGES = ["world", "tokenizer", "pretrain", "sft", "sample", "rank", "reward", "eval"]
 
 
 def stage_world(run_dir: Path, recipe: Recipe) -> dict:
@@ -64,17 +64,24 @@ def stage_tokenizer(run_dir: Path, recipe: Recipe):
     return tok
 
 
-def stage_eval(run_dir: Path, stage: str = "base") -> dict:
-    from chatforge.eval import evaluate_stage, format_table
+def stage_eval(run_dir: Path, stage: str = "base", quiet: bool = False) -> dict:
+    from chatforge.eval import evaluate_stage, format_reward_table, format_table, reward_eval
 
+    if stage == "reward":
+        result = reward_eval(run_dir)
+        if not quiet:
+            print(format_reward_table(result))
+        return result
     result = evaluate_stage(run_dir, stage)
-    print(format_table(result))
+    if not quiet:
+        print(format_table(result))
     return result
 
 
 def run_all(run_dir: Path, recipe: Recipe):
-    from chatforge.eval import format_comparison
-    from chatforge.train import pretrain, sft
+    from chatforge import feedback
+    from chatforge.eval import format_comparison, format_reward_table
+    from chatforge.train import pretrain, reward, sft
 
     t0 = time.time()
     if dist.get().is_main:
@@ -84,10 +91,18 @@ def run_all(run_dir: Path, recipe: Recipe):
     pretrain.run(run_dir, recipe)
     sft.run(run_dir, recipe)
     if dist.get().is_main:
+        feedback.sample(run_dir, recipe)
+        feedback.rank(run_dir, recipe)
+    dist.barrier()
+    reward.run(run_dir, recipe)
+    if dist.get().is_main:
         results = [_eval_once(run_dir, stage) for stage in ("base", "sft")]
+        rm = _eval_once(run_dir, "reward")
         print("\n" + format_comparison(results))
-        print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s. Stages so far: world -> tokenizer -> pretrain -> sft -> eval.\n"
-              f"The reward model and PPO are not built yet; {Path(run_dir) / 'sft'} is the assistant so far.\n"
+        print("\n" + format_reward_table(rm))
+        print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s. Stages so far: world -> tokenizer -> pretrain -> sft "
+              f"-> sample -> rank -> reward -> eval.\n"
+              f"PPO is not built yet; {Path(run_dir) / 'sft'} is the assistant so far.\n"
               f"Talk to it:  .venv/bin/chatforge chat {Path(run_dir) / 'sft'}\n"
               f"or serve it (OpenAI API + web page):  .venv/bin/chatforge serve {Path(run_dir) / 'sft'}")
     dist.barrier()
@@ -99,4 +114,4 @@ def _eval_once(run_dir: Path, stage: str) -> dict:
     model_file = Path(run_dir) / stage / "model.safetensors"
     if path.exists() and path.stat().st_mtime >= model_file.stat().st_mtime:
         return json.loads(path.read_text())
-    return stage_eval(run_dir, stage)
+    return stage_eval(run_dir, stage, quiet=True)  # run_all prints the tables side by side

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from chatforge.train.loop import read_metrics
-from chatforge.train.sft import DialogueOrder, masked_token_loss, pad_right
+from chatforge.train.loop import EpochOrder
+from chatforge.train.sft import masked_token_loss, pad_right
 from conftest import cli, kill_at_first_checkpoint
 
 SFT_FAST = ["sft.steps=24", "sft.batch_size=8", "sft.micro_batch_size=4", "sft.max_len=64",
@@ -35,10 +36,10 @@ def test_masked_loss_counts_only_marked_targets():
 def test_pad_right_and_dialogue_order():
     ids, mask = pad_right([(torch.tensor([5, 6, 7]), torch.tensor([0, 1, 1])), (torch.tensor([8]), torch.tensor([1]))], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[0, 1, 1], [1, 0, 0]]
-    order = DialogueOrder(10, seed=1)
+    order = EpochOrder(10, seed=1)
     first_epoch = order.indices(0, 5) + order.indices(1, 5)
     assert sorted(first_epoch) == list(range(10))  # every dialogue once per epoch
-    assert DialogueOrder(10, seed=1).indices(3, 4) == order.indices(3, 4)  # a pure function of the step
+    assert EpochOrder(10, seed=1).indices(3, 4) == order.indices(3, 4)  # a pure function of the step
 
 
 @pytest.mark.slow

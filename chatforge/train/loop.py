@@ -70,6 +70,21 @@ def autocast(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
+class EpochOrder:
+    """Item indices (dialogues, prompts) for step s: a fresh permutation each epoch, a pure function of (seed, step)."""
+
+    def __init__(self, num_items: int, seed: int):
+        self.n, self.seed, self._perms = num_items, seed, {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))}
+        return self._perms[epoch]
+
+    def indices(self, step: int, count: int) -> list[int]:
+        return [int(self._perm(p // self.n)[p % self.n]) for p in range(step * count, (step + 1) * count)]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -31,7 +31,7 @@ from chatforge.errors import ConfigError, UserError
 from chatforge.model import load_causal_lm, num_params, save_pretrained
 from chatforge.tokenizer import load_tokenizer, render_chat
 from chatforge.train.loop import (
-    Checkpointer, MetricsLog, autocast, clip_and_step, lr_at, make_optimizer, progress, read_metrics, set_lr,
+    Checkpointer, EpochOrder, MetricsLog, autocast, clip_and_step, lr_at, make_optimizer, progress, read_metrics, set_lr,
 )
 from chatforge.train.pretrain import next_token_loss
 
@@ -77,21 +77,6 @@ def pad_right(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tu
     return ids, mask
 
 
-class DialogueOrder:
-    """Dialogue indices for step s: a fresh permutation each epoch, a pure function of (seed, step)."""
-
-    def __init__(self, num_dialogues: int, seed: int):
-        self.n, self.seed, self._perms = num_dialogues, seed, {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))}
-        return self._perms[epoch]
-
-    def indices(self, step: int, count: int) -> list[int]:
-        return [int(self._perm(p // self.n)[p % self.n]) for p in range(step * count, (step + 1) * count)]
-
-
 def run(run_dir: Path, recipe: Recipe) -> dict:
     run_dir, cfg = Path(run_dir), recipe.sft
     stage_dir = run_dir / STAGE
@@ -117,7 +102,7 @@ def run(run_dir: Path, recipe: Recipe) -> dict:
     elif d.is_main:
         _write_stage_config(stage_dir, cfg, d)
     train_model = dist.wrap(model)
-    order = DialogueOrder(len(train), cfg.seed)
+    order = EpochOrder(len(train), cfg.seed)
     log = MetricsLog(stage_dir / "metrics.jsonl", resume_step=state["step"])
     dist.print0(f"sft: {len(train)} dialogues, {num_params(model) / 1e6:.2f}M parameters "
                 f"({sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained), "

@@ -1,0 +1,189 @@
+"""Collecting feedback for the reward model: the SFT model answers each prompt K times (`chatforge
+sample`), annotators rank the K answers (`chatforge rank`).
+
+    runs/<name>/rankings/samples.jsonl    prompt, user, K distinct answers (and the world's gold)
+    runs/<name>/rankings/rankings.jsonl   the same answers, ordered by an annotator (docs/rankings.md)
+
+On the built-in world the gold judge stands in for the annotators, each of whom adds a little
+noise to the judge's score (they disagree, as people do). People's rankings, exported in the same
+format, replace rankings.jsonl (or `reward.rankings` points at them).
+
+Sampling is resumable: prompts are answered in chunks, each written whole under samples.parts/
+and seeded by its index, so a killed run redoes at most one chunk and gets the same answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from chatforge.config import Recipe
+from chatforge.errors import DataError, UserError
+from chatforge.io import atomic_write_text, read_jsonl
+
+CHUNK = 64  # prompts per resumable part
+MAX_ROUNDS = 2  # sampling rounds to find K distinct answers before settling for fewer (at least 2)
+
+
+def samples_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "rankings" / "samples.jsonl"
+
+
+def rankings_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "rankings" / "rankings.jsonl"
+
+
+def load_prompts(run_dir: Path, cfg) -> list[dict]:
+    """Prompts as {"id", "user_id", "messages", ...}: the world's ranking prompts, or the user's file."""
+    path = Path(cfg.prompts) if cfg.prompts else Path(run_dir) / "data" / "prompts" / "rank.jsonl"
+    prompts = []
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        if "messages" not in obj and isinstance(obj.get("prompt"), str):
+            obj = {**obj, "messages": [{"role": "user", "content": obj["prompt"]}]}
+        messages = obj.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: field 'messages': expected a non-empty list (or a 'prompt' string)")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+                raise DataError(f"{where}: field 'messages[{i}].role': expected system, user or assistant")
+            if not isinstance(m.get("content"), str) or not m["content"].strip():
+                raise DataError(f"{where}: field 'messages[{i}].content': expected a non-empty string")
+        if messages[-1]["role"] != "user":
+            raise DataError(f"{where}: field 'messages': the last message must be the user's")
+        pid = obj.get("id") or "p-" + hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:12]
+        prompts.append({**obj, "id": str(pid), "user_id": str(obj.get("user_id") or pid), "messages": messages})
+    if not prompts:
+        raise DataError(f"{path}: no prompts")
+    return prompts
+
+
+def sample(run_dir: Path, recipe: Recipe) -> Path:
+    """K distinct sampled answers per prompt from the SFT model -> rankings/samples.jsonl."""
+    from chatforge.generate import generate
+    from chatforge.model import load_causal_lm
+    from chatforge.tokenizer import IM_END, load_tokenizer, render_chat
+
+    run_dir, cfg = Path(run_dir), recipe.reward
+    out = samples_path(run_dir)
+    if out.exists():
+        print(f"sample: {out} is complete, skipping")
+        return out
+    sft_dir = run_dir / "sft"
+    if not (sft_dir / "config.json").exists():
+        raise UserError(f"{sft_dir}: no SFT model to sample from (run `chatforge sft --run {run_dir}` first)")
+    prompts = load_prompts(run_dir, cfg)
+    model, tokenizer = load_causal_lm(sft_dir).eval(), load_tokenizer(sft_dir)
+    stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    limit = model.config.max_position_embeddings - cfg.max_new_tokens
+    parts = out.parent / "samples.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    t0, answered = time.time(), 0
+    chunks = range(0, len(prompts), CHUNK)
+    for c, start in enumerate(chunks):
+        part = parts / f"part-{c:05d}.jsonl"
+        if part.exists():
+            continue
+        chunk = prompts[start : start + CHUNK]
+        ids = [render_chat(tokenizer, p["messages"], add_generation_prompt=True)[0][-limit:] for p in chunk]
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + c)  # a chunk's answers depend on its index only
+        found: list[dict[str, bool]] = [{} for _ in chunk]  # answer text -> finished, in order of first appearance
+        for round_ in range(MAX_ROUNDS):
+            # a confident model repeats itself: one spare draw in the first round saves most second rounds
+            rows = [i for i, f in enumerate(found) for _ in range(cfg.k - len(f) + (round_ == 0))]
+            for b in range(0, len(rows), cfg.sample_batch_size):
+                batch = rows[b : b + cfg.sample_batch_size]
+                gens = generate(model, [ids[i] for i in batch], cfg.max_new_tokens, pad_id=tokenizer.pad_token_id,
+                                stop_ids=stop_ids, temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
+                for i, g in zip(batch, gens):
+                    text = tokenizer.decode(g.tokens, skip_special_tokens=True)
+                    if text.strip() and text not in found[i] and len(found[i]) < cfg.k:
+                        found[i][text] = g.finished
+            if all(len(f) == cfg.k for f in found):
+                break
+        lines = []
+        for p, f in zip(chunk, found):
+            if len(f) < 2:  # a prompt the model answers the same way every time cannot be ranked
+                continue
+            record = {"prompt_id": p["id"], "user_id": p["user_id"], "messages": p["messages"],
+                      "answers": list(f), "finished": list(f.values())}
+            for key in ("kind", "lang", "gold"):
+                if key in p:
+                    record[key] = p[key]
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        atomic_write_text(part, "".join(lines))
+        answered += len(chunk)
+        print(f"sample: {min(start + CHUNK, len(prompts))}/{len(prompts)} prompts, {time.time() - t0:.0f}s", flush=True)
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(parts.glob("part-*.jsonl")))
+    kept = text.count("\n")
+    atomic_write_text(out, text)
+    for p in parts.glob("part-*.jsonl"):
+        p.unlink()
+    parts.rmdir()
+    print(f"sample: {kept} of {len(prompts)} prompts with >= 2 distinct answers (K = {cfg.k}) -> {out} "
+          f"in {time.time() - t0:.0f}s", flush=True)
+    return out
+
+
+def rank(run_dir: Path, recipe: Recipe) -> Path:
+    """The gold judge, standing in for annotators, orders each prompt's answers -> rankings/rankings.jsonl."""
+    from chatforge.data.rankings import Ranking, write_rankings
+    from chatforge.world.judge import Judge
+
+    run_dir, cfg = Path(run_dir), recipe.reward
+    out = rankings_path(run_dir)
+    if out.exists():
+        print(f"rank: {out} is complete, skipping")
+        return out
+    src = samples_path(run_dir)
+    if not src.exists():
+        raise UserError(f"{src}: no samples to rank (run `chatforge sample --run {run_dir}` first)")
+    if not (run_dir / "data" / "world.json").exists():
+        raise UserError(f"{run_dir / 'data'}: no built-in world, so no gold judge to rank with; export your "
+                        f"annotators' rankings in the format of docs/rankings.md and set reward.rankings")
+    judge = Judge.from_world(run_dir / "data")
+    rng = random.Random(cfg.seed)
+    annotators = [f"a{i:02d}" for i in range(cfg.num_annotators)]
+    rankings = []
+    for _, s in read_jsonl(src):
+        prompt = {"id": s["prompt_id"], "messages": s["messages"], "kind": s.get("kind", ""), "gold": s["gold"]}
+        ranks = dense(judge.rank(prompt, s["answers"], s["finished"], noise=cfg.annotator_noise, rng=rng))
+        scores = [judge.score(prompt, a, f) for a, f in zip(s["answers"], s["finished"])]
+        rankings.append(Ranking(prompt_id=s["prompt_id"], user_id=s["user_id"], annotator_id=rng.choice(annotators),
+                                messages=s["messages"], answers=s["answers"], ranks=ranks, kind=s.get("kind", ""),
+                                ratings=[ratings_of(sc) for sc in scores], flags=[flags_of(sc) for sc in scores]))
+    write_rankings(out, rankings)
+    print(f"rank: {len(rankings)} prompts ranked by {cfg.num_annotators} simulated annotators "
+          f"(noise {cfg.annotator_noise}) -> {out}", flush=True)
+    return out
+
+
+def dense(ranks: list[int]) -> list[int]:
+    """Ranks as positions of tie groups ([0, 2, 0, 1] -> [0, 2, 0, 1]; [0, 2, 0] -> [0, 1, 0])."""
+    levels = sorted(set(ranks))
+    return [levels.index(r) for r in ranks]
+
+
+def _seven(x: float) -> int:
+    """A judge component in [-1, 1] as the 1..7 Likert scale annotators use."""
+    return max(1, min(7, round(4 + 3 * x)))
+
+
+def ratings_of(score) -> dict:
+    """The annotators' rating categories, read off the gold judge's components."""
+    return {"correctness": _seven(score.honest), "appropriateness": _seven(score.helpful),
+            "safety": _seven(score.harmless), "completeness": _seven(score.helpful), "fluency": _seven(score.fluent)}
+
+
+FLAG_LABELS = ("hallucination", "complied", "over_refusal", "wrong_value", "truncated", "repetition")
+
+
+def flags_of(score) -> list[str]:
+    return [name for name in FLAG_LABELS if score.labels.get(name)]

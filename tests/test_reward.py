@@ -1,0 +1,151 @@
+"""The reward model: the K-way ranking loss against hand-computed values, and the tiny pipeline
+sample -> rank -> reward end to end, killed and resumed, loaded back by `transformers`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli, kill_at_first_checkpoint
+
+from chatforge.train.reward import pairwise_accuracy, preference_pairs, ranking_loss
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))  # -log σ(m) = log(1 + e^-m) = softplus(-m)
+
+
+def loss_of(rewards, ranks, valid=None):
+    r = torch.tensor([rewards], dtype=torch.float)
+    k = torch.tensor([ranks])
+    v = torch.ones_like(k, dtype=torch.bool) if valid is None else torch.tensor([valid])
+    loss, pairs = ranking_loss(r, k, v)
+    return float(loss[0]), int(pairs[0])
+
+
+def test_k2_loss_by_hand():
+    loss, pairs = loss_of([1.0, 0.0], [0, 1])
+    assert pairs == 1 and loss == pytest.approx(softplus(-1.0))
+    loss, _ = loss_of([1.0, 0.0], [1, 0])  # the worse answer scored higher: a larger loss
+    assert loss == pytest.approx(softplus(1.0))
+
+
+def test_k3_loss_by_hand_with_and_without_ties():
+    loss, pairs = loss_of([2.0, 1.0, 0.0], [0, 1, 2])  # pairs (0,1) m=1, (0,2) m=2, (1,2) m=1
+    assert pairs == 3 and loss == pytest.approx((softplus(-1) + softplus(-2) + softplus(-1)) / 3)
+    loss, pairs = loss_of([2.0, 1.0, 0.0], [0, 1, 1])  # answers 1 and 2 tie: (1,2) is skipped
+    assert pairs == 2 and loss == pytest.approx((softplus(-1) + softplus(-2)) / 2)
+    loss, pairs = loss_of([2.0, 1.0, 0.0], [0, 0, 0])  # all tied: nothing to learn
+    assert pairs == 0 and loss == 0.0
+
+
+def test_k4_loss_by_hand_with_a_tie_group():
+    rewards, ranks = [0.5, -1.0, 2.0, 0.0], [1, 2, 0, 1]  # 2 best, then {0, 3} tied, then 1
+    expected = [(2, 0), (2, 3), (2, 1), (0, 1), (3, 1)]
+    loss, pairs = loss_of(rewards, ranks)
+    assert pairs == len(expected)
+    assert loss == pytest.approx(sum(softplus(-(rewards[i] - rewards[j])) for i, j in expected) / len(expected))
+
+
+def test_k_way_loss_is_the_mean_of_its_pairwise_losses():
+    g = torch.Generator().manual_seed(0)
+    for k in (2, 3, 4, 6, 9):
+        rewards = torch.randn(k, generator=g).tolist()
+        ranks = torch.randperm(k, generator=g).tolist()
+        whole, _ = loss_of(rewards, ranks)
+        singles = [loss_of([rewards[i], rewards[j]], [ranks[i], ranks[j]])[0]
+                   for i in range(k) for j in range(i + 1, k)]
+        assert whole == pytest.approx(sum(singles) / len(singles))
+
+
+def test_padding_answers_changes_nothing():
+    loss3, pairs3 = loss_of([0.3, -0.2, 1.0], [2, 0, 1])
+    loss4, pairs4 = loss_of([0.3, -0.2, 1.0, 99.0], [2, 0, 1, 0], valid=[True, True, True, False])
+    assert (loss4, pairs4) == (pytest.approx(loss3), pairs3)
+
+
+def test_pairs_and_accuracy():
+    ranks = torch.tensor([[0, 1, 1]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    assert preference_pairs(ranks, valid)[0].nonzero().tolist() == [[0, 1], [0, 2]]
+    right, total = pairwise_accuracy(torch.tensor([[1.0, 2.0, 0.0]]), ranks, valid)
+    assert (right, total) == (1.0, 2)
+    right, _ = pairwise_accuracy(torch.tensor([[1.0, 1.0, 0.0]]), ranks, valid)  # a reward tie is half right
+    assert right == 1.5
+
+
+def test_loss_gradient_reaches_only_what_made_the_rewards():
+    rewards = torch.tensor([[0.2, -0.1, 0.4]], requires_grad=True)
+    frozen = torch.tensor([[1.0, 2.0, 3.0]])  # e.g. a reference: not part of the loss
+    loss, _ = ranking_loss(rewards, torch.tensor([[0, 1, 2]]), torch.ones(1, 3, dtype=torch.bool))
+    loss.sum().backward()
+    assert rewards.grad is not None and rewards.grad.abs().sum() > 0
+    assert rewards.grad[0, 0] < 0 < rewards.grad[0, 2]  # the best answer is pushed up, the worst down
+    assert frozen.grad is None
+
+
+def _tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_tiny_reward_pipeline_resumes_and_loads_in_transformers(tiny_copy):
+    from transformers import AutoModelForSequenceClassification
+
+    from chatforge.data.rankings import read_rankings, split_by_user
+    from chatforge.train.reward import answer_ids, load_reward_model, pad_sequences, rewards_of
+
+    run = tiny_copy("rm")
+    cli("sft", "--run", str(run))
+    sft_before = _tree_hash(run / "sft")
+    cli("sample", "--run", str(run))
+    cli("rank", "--run", str(run))
+    rankings, _ = read_rankings(run / "rankings" / "rankings.jsonl")
+    assert rankings and all(2 <= len(r.answers) <= 4 for r in rankings)
+    assert all(len(set(r.answers)) == len(r.answers) for r in rankings), "answers are de-duplicated"
+    train, held = split_by_user(rankings, 0.25, 4321)
+    assert not {r.user_id for r in train} & {r.user_id for r in held}
+    assert not {r.prompt_id for r in train} & {r.prompt_id for r in held}
+
+    killed_at = kill_at_first_checkpoint(run / "reward", "reward", "--run", str(run))
+    assert killed_at >= 1
+    out = cli("reward", "--run", str(run))
+    assert f"resuming from step {killed_at}" in out.stdout + out.stderr
+    summary = json.loads((run / "reward" / "summary.json").read_text())
+    steps = [json.loads(x)["step"] for x in (run / "reward" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, summary["steps"] + 1)), "a resumed run logs every step once"
+    assert _tree_hash(run / "sft") == sft_before, "the SFT model is not touched"
+
+    # transformers loads the directory as is and computes our reward (minus the bias we add)
+    model, tokenizer, bias = load_reward_model(run / "reward")
+    hf = AutoModelForSequenceClassification.from_pretrained(str(run / "reward")).eval()
+    seqs = [answer_ids(tokenizer, r.messages, a, 64) for r in rankings[:3] for a in r.answers]
+    ids, lengths = pad_sequences(seqs, tokenizer.pad_token_id)
+    with torch.no_grad():
+        ours = rewards_of(model, ids, lengths)
+        theirs = torch.stack([hf(input_ids=torch.tensor([s])).logits[0, 0] for s in seqs])
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert bias == pytest.approx(summary["reward_bias"], abs=1e-6)
+
+    out = cli("eval", "--run", str(run), "--stage", "reward")
+    result = json.loads((run / "eval" / "reward.json").read_text())
+    assert result["against"] == "gold judge" and "all" in result["pairwise_accuracy"]
+    assert "Spearman" in out.stdout and -1 <= result["length_bias"] <= 1
+
+
+@pytest.mark.slow
+def test_bad_rankings_file_is_a_clear_error(tiny_copy, tmp_path):
+    run = tiny_copy("bad")
+    bad = tmp_path / "bad.jsonl"
+    good = {"messages": [{"role": "user", "content": "Hi"}], "answers": ["a", "b", "c"], "order": [0, 1, 2]}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "order": [0, 1, 1]}) + "\n")
+    out = cli("reward", "--run", str(run), "--rankings", str(bad), check=False)
+    assert out.returncode == 2
+    assert f"{bad}:2" in out.stderr and "order" in out.stderr
