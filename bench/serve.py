@@ -2,13 +2,14 @@
 
     python bench/serve.py [--model runs/laptop/sft] [--concurrent 32] [--max-tokens 48] [--repeats 3]
 
-Starts `chatforge serve`'s app in this process (uvicorn on a free local port, moderation off so
-only generation is measured) and sends chat requests with streaming on, from N client threads
-at once, then the same N sequentially. Each answer is greedy and runs to --max-tokens (the
-prompts ask for lists, but a short answer just means fewer tokens: the count is what the server
-reports in `usage`). Checks that every concurrent answer equals its sequential twin (nothing lost
-or mixed up) and prints JSON: generated tokens/s for both, the ratio, batch sizes the engine
-formed, and model FLOP/s against the fp32 matmul ceiling measured in the same run.
+Starts `chatforge serve` in its own process (a free local port, moderation off so only generation
+is measured; clients in this process would fight the server for Python's GIL) and sends chat
+requests with streaming on, from N client threads at once, then the same N sequentially. The
+questions are everyday how-to requests (answers of a sentence or two) and facts; each answer is
+greedy, up to --max-tokens, and the token count is what the server reports in `usage`. Checks
+that every concurrent answer equals its sequential twin (nothing lost or mixed up) and prints
+JSON: generated tokens/s both ways, their ratio, and model FLOP/s against the fp32 matmul ceiling
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,21 +29,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatforge.perf import matmul_ceiling  # noqa: E402
 
-QUESTIONS = ["What is the capital of {}?", "{}的首都是哪里？", "Which continent is {} in?", "{}在哪个洲？"]
-PLACES = ["France", "China", "Japan", "Brazil", "Kenya", "Italy", "Egypt", "Germany"]
+QUESTIONS = ["How do I clean a backpack?", "怎么学会游泳？", "Give me some tips to prepare for an exam.",
+             "我该怎么整理我的衣柜？", "What is the capital of France?", "日本的首都是哪里？",
+             "How can I grow tomatoes at home?", "帮我想想怎么给我的朋友挑一件礼物。"]
 
 
-def start(app):
-    import uvicorn
+def start(model: str):
+    """`chatforge serve MODEL` in a child process; returns (process, base url) once /health answers."""
+    import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    return server, f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "chatforge.cli", "serve", model, "--port", str(port),
+                             "--no-moderation", "--name", "m"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            httpx.get(url + "/health", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not start within 120 s")
 
 
 def ask(url: str, question: str, max_tokens: int) -> tuple[str, int]:
@@ -75,15 +87,11 @@ def main():
 
     import torch
 
-    from chatforge.model import matmul_params
-    from chatforge.serve.app import create_app
-    from chatforge.serve.chat import load
-    from chatforge.serve.engine import Engine
+    from chatforge.model import load_causal_lm, matmul_params
 
-    model, tokenizer = load(args.model)
-    engine = Engine(model, tokenizer, max_batch=args.concurrent)
-    server, url = start(create_app(engine, "m", moderator=None))
-    questions = [QUESTIONS[i % len(QUESTIONS)].format(PLACES[i % len(PLACES)]) + f" ({i})" for i in range(args.concurrent)]
+    model = load_causal_lm(Path(args.model))  # only for its size
+    server, url = start(args.model)
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.concurrent)]
     ask(url, questions[0], 4)  # warm-up
 
     runs = {"concurrent": [], "sequential": []}
@@ -94,14 +102,13 @@ def main():
         t0 = time.perf_counter()
         seq = [ask(url, q, args.max_tokens) for q in questions]
         runs["sequential"].append((time.perf_counter() - t0, sum(n for _, n in seq)))
-        first_batch = len(engine.batch_sizes)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.concurrent) as pool:
             con = list(pool.map(lambda q: ask(url, q, args.max_tokens), questions))
         runs["concurrent"].append((time.perf_counter() - t0, sum(n for _, n in con)))
-        answers = {"same_text": [a == b for a, b in zip(seq, con)], "batches": engine.batch_sizes[first_batch:]}
-    server.should_exit = True
-    engine.close()
+        answers = {"same_text": [a == b for a, b in zip(seq, con)]}
+    server.terminate()
+    server.wait(timeout=30)
 
     tps = {k: statistics.median(n / s for s, n in v) for k, v in runs.items()}
     ceiling = statistics.median(ceilings)
@@ -112,7 +119,6 @@ def main():
         "generated_tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
         "speedup_concurrent_vs_sequential": round(tps["concurrent"] / tps["sequential"], 2),
         "all_answers_complete_and_identical": all(answers["same_text"]) and len(answers["same_text"]) == args.concurrent,
-        "batch_sizes_last_repeat": answers["batches"],
         "tokens_per_request": round(runs["concurrent"][-1][1] / args.concurrent, 1),
         "seconds_all": {k: [round(s, 2) for s, _ in v] for k, v in runs.items()},
         "matmul_ceiling_gflops": round(ceiling / 1e9, 1),

@@ -82,6 +82,8 @@ def _talk_parsers(sub):
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
     serve.add_argument("--name", help="model id reported by /v1/models (default: the directory's name)")
     serve.add_argument("--max-batch", type=int, default=32, help="most requests answered in one batch")
+    serve.add_argument("--gather-ms", type=float, default=30.0,
+                       help="how long a request waits for others to share its batch (default: 30 ms)")
     serve.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
     serve.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest conversation accepted, in tokens")
 

@@ -293,7 +293,7 @@ def main(args) -> None:
     moderator = None if args.no_moderation else (
         Moderator.from_file(args.moderation, log_path=args.moderation_log) if args.moderation
         else Moderator.default(log_path=args.moderation_log))
-    engine = Engine(model, tokenizer, max_batch=args.max_batch)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, gather_ms=args.gather_ms)
     name = args.name or Path(args.model).resolve().name
     limits = Limits(max_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens)
     app = create_app(engine, name, moderator=moderator, api_key=args.api_key, limits=limits)
