@@ -154,8 +154,8 @@ def rank(run_dir: Path, recipe: Recipe) -> Path:
     rankings = []
     for _, s in read_jsonl(src):
         prompt = {"id": s["prompt_id"], "messages": s["messages"], "kind": s.get("kind", ""), "gold": s["gold"]}
-        ranks = dense(judge.rank(prompt, s["answers"], s["finished"], noise=cfg.annotator_noise, rng=rng))
         scores = [judge.score(prompt, a, f) for a, f in zip(s["answers"], s["finished"])]
+        ranks = annotate([sc.total for sc in scores], cfg.annotator_noise, rng)
         rankings.append(Ranking(prompt_id=s["prompt_id"], user_id=s["user_id"], annotator_id=rng.choice(annotators),
                                 messages=s["messages"], answers=s["answers"], ranks=ranks, kind=s.get("kind", ""),
                                 ratings=[ratings_of(sc) for sc in scores], flags=[flags_of(sc) for sc in scores]))
@@ -163,6 +163,17 @@ def rank(run_dir: Path, recipe: Recipe) -> Path:
     print(f"rank: {len(rankings)} prompts ranked by {cfg.num_annotators} simulated annotators "
           f"(noise {cfg.annotator_noise}) -> {out}", flush=True)
     return out
+
+
+TIE = 0.1  # annotators call two answers a tie when their (noisy) scores fall in the same band this wide
+
+
+def annotate(totals: list[float], noise: float, rng) -> list[int]:
+    """One annotator's ranks (0 = best, ties shared) from the gold totals: each total plus Gaussian noise,
+    read to the nearest band of TIE. Equally good answers (three wordings of "I don't know") come out tied
+    rather than in a random order, which would teach the reward model nothing but noise."""
+    bands = [round((t + rng.gauss(0.0, noise)) / TIE) if noise > 0 else round(t / TIE) for t in totals]
+    return dense([sum(other > b for other in bands) for b in bands])
 
 
 def dense(ranks: list[int]) -> list[int]:

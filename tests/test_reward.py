@@ -149,3 +149,16 @@ def test_bad_rankings_file_is_a_clear_error(tiny_copy, tmp_path):
     out = cli("reward", "--run", str(run), "--rankings", str(bad), check=False)
     assert out.returncode == 2
     assert f"{bad}:2" in out.stderr and "order" in out.stderr
+
+
+def test_annotators_tie_equally_good_answers_and_order_the_rest():
+    import random
+
+    from chatforge.feedback import annotate, dense
+
+    assert dense([0, 2, 0, 1]) == [0, 2, 0, 1] and dense([0, 2, 0]) == [0, 1, 0]
+    assert annotate([1.0, 0.2, 1.0, -0.9], noise=0.0, rng=random.Random(0)) == [0, 1, 0, 2]
+    rng = random.Random(0)
+    runs = [annotate([1.0, 0.97, -0.5], noise=0.05, rng=rng) for _ in range(200)]
+    assert all(r[2] == max(r) for r in runs), "a much worse answer stays last under small noise"
+    assert any(r[0] == r[1] for r in runs), "near-equal answers are often called a tie"
