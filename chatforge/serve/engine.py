@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -136,7 +137,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.max_positions = getattr(model.config, "max_position_embeddings", 1 << 30)
         self.queue: queue.Queue[Request | None] = queue.Queue()
-        self.batch_sizes: list[int] = []  # rows of every batch run: for tests and the benchmark
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # rows of recent batches: for tests and logs
         self._thread = threading.Thread(target=self._work, name="chatforge-engine", daemon=True)
         self._thread.start()
 
