@@ -148,7 +148,7 @@ def _init_model(sft_dir: Path, tokenizer):
 
 
 class Encoded:
-    """A ranking as tensors: the K answers' token ids and their ranks."""
+    """A ranking, encoded once: the K answers' token ids (conversation + answer) and their ranks."""
 
     def __init__(self, ranking, tokenizer, max_len: int):
         self.ranking = ranking
