@@ -79,7 +79,7 @@ def test_web_chat(server, browser, tmp_path):
     page.set_default_timeout(60_000)
     assistant = page.locator('#messages [data-role="assistant"]')
 
-    def say(text, *, enter=False):
+    def say(text, *, enter=False, retries=False):
         """Type a message, send it, wait for its answer to finish; (the answer's element, the request body)."""
         n, sent = assistant.count(), len(bodies)
         page.fill("#input", text)
@@ -89,7 +89,7 @@ def test_web_chat(server, browser, tmp_path):
             page.click("#send")
         answer = assistant.nth(n)
         answer.and_(page.locator('[data-done="true"]')).wait_for()
-        assert len(bodies) == sent + 1, "one message, one request"
+        assert len(bodies) == sent + 1 or retries and len(bodies) > sent, "one message, one request"
         return answer, bodies[-1][0]
 
     page.goto(server + "/")
@@ -159,4 +159,15 @@ def test_web_chat(server, browser, tmp_path):
     assert console_errors == [] and page_errors == [], (console_errors, page_errors)
     others = [u for u in urls if not u.startswith("data:") and urlparse(u).hostname != "127.0.0.1"]
     assert others == [], f"the page fetched from other hosts: {others}"
+
+    # Longer than the model's context: the oldest exchanges give way (the server refuses the whole
+    # conversation with context_length_exceeded, and the page retries without them), and it says so.
+    long = "The capital of France is Paris. " * 8
+    for _ in range(10):
+        answer, body = say(long, retries=True)
+        if answer.locator(".note", has_text="no longer fit").count():
+            break
+    assert answer.locator(".note", has_text="no longer fit").count() == 1
+    assert answer.get_attribute("data-finish") in ("stop", "length")
+    assert body["messages"][0]["role"] == "system" and body["messages"][-1] == {"role": "user", "content": long}
     page.close()

@@ -98,12 +98,12 @@ def create_app(engine: Engine, model_name: str, *, moderator=None, api_key: str 
         authorize(request)
         body = await read_json(request, limits.max_body_bytes)
         messages, sampling, stream, usage_in_stream = parse_chat_request(body, limits)
+        blocked = input_block(moderator, messages)  # before the length check: a blocked message is blocked at any length
         ids = prompt_ids(engine.tokenizer, messages)
-        if len(ids) > max_prompt:
+        if blocked is None and len(ids) > max_prompt:
             raise ApiError(400, f"The conversation is {len(ids)} tokens after the chat template; the limit is "
                                 f"{max_prompt}.", param="messages", code="context_length_exceeded")
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        blocked = input_block(moderator, messages)
         events = asyncio.Queue()
         loop = asyncio.get_running_loop()
         handle = None
