@@ -216,6 +216,11 @@ def pair_category(kind: str, a, b) -> str:
     return CATEGORY_OF_KIND.get(kind, "facts")
 
 
+def _agreement(better: float, worse: float) -> float:
+    """1 if the scores order the pair as the reference does, 0 if the other way round, 0.5 for a tie."""
+    return 1.0 if better > worse else 0.5 if better == worse else 0.0
+
+
 def reward_eval(run_dir: Path) -> dict:
     """The reward model on held-out users' prompts: pairwise accuracy against the gold judge's order (no
     annotator noise), per rubric category; Spearman correlation with the gold score; length bias."""
@@ -248,20 +253,19 @@ def reward_eval(run_dir: Path) -> dict:
         lengths += [len(tokenizer.encode(a, add_special_tokens=False)) for a in r.answers]
         all_rewards += rs
         s = samples.get(r.prompt_id) if judge else None
+        scores = None
+        reference = r.ranks  # your own rankings: compare with their own order
         if s is not None:  # the world: compare with the noiseless gold order
             prompt = {"id": r.prompt_id, "messages": r.messages, "kind": r.kind, "gold": s["gold"]}
             scores = [judge.score(prompt, a, f) for a, f in zip(r.answers, s["finished"])]
-            gold_ranks = judge.rank(prompt, r.answers, s["finished"])
+            reference = judge.rank(prompt, r.answers, s["finished"])
             gold_totals += [sc.total for sc in scores]
-            for better, worse in pairs(gold_ranks):
-                right = 1.0 if rs[better] > rs[worse] else 0.5 if rs[better] == rs[worse] else 0.0
-                for key in ("all", pair_category(r.kind, scores[better], scores[worse])):
-                    results.setdefault(key, []).append(right)
-                annotator_right.append(float(r.ranks[better] < r.ranks[worse]) + 0.5 * (r.ranks[better] == r.ranks[worse]))
-        else:  # your own rankings: compare with their own order
-            for better, worse in pairs(r.ranks):
-                right = 1.0 if rs[better] > rs[worse] else 0.5 if rs[better] == rs[worse] else 0.0
-                results.setdefault("all", []).append(right)
+        for better, worse in pairs(reference):
+            right = _agreement(rs[better], rs[worse])
+            results.setdefault("all", []).append(right)
+            if scores is not None:
+                results.setdefault(pair_category(r.kind, scores[better], scores[worse]), []).append(right)
+                annotator_right.append(_agreement(-r.ranks[better], -r.ranks[worse]))  # a lower rank is better
     out = {
         "stage": "reward", "model": str(run_dir / "reward"), "against": "gold judge" if gold_totals else "rankings file",
         "heldout_prompts": len(held), "heldout_answers": len(all_rewards),

@@ -14,7 +14,6 @@ and seeded by its index, so a killed run redoes at most one chunk and gets the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -39,27 +38,16 @@ def rankings_path(run_dir: Path) -> Path:
 
 
 def load_prompts(run_dir: Path, cfg) -> list[dict]:
-    """Prompts as {"id", "user_id", "messages", ...}: the world's ranking prompts, or the user's file."""
+    """Prompts as {"id", "user_id", "messages", ...}: the world's ranking prompts, or the user's file
+    (each line "messages" or "prompt", optional "id" and "user_id"; validated like a ranking's prompt)."""
+    from chatforge.data.rankings import parse_prompt
+
     path = Path(cfg.prompts) if cfg.prompts else Path(run_dir) / "data" / "prompts" / "rank.jsonl"
     prompts = []
     for lineno, obj in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object")
-        if "messages" not in obj and isinstance(obj.get("prompt"), str):
-            obj = {**obj, "messages": [{"role": "user", "content": obj["prompt"]}]}
-        messages = obj.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise DataError(f"{where}: field 'messages': expected a non-empty list (or a 'prompt' string)")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-                raise DataError(f"{where}: field 'messages[{i}].role': expected system, user or assistant")
-            if not isinstance(m.get("content"), str) or not m["content"].strip():
-                raise DataError(f"{where}: field 'messages[{i}].content': expected a non-empty string")
-        if messages[-1]["role"] != "user":
-            raise DataError(f"{where}: field 'messages': the last message must be the user's")
-        pid = obj.get("id") or "p-" + hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:12]
-        prompts.append({**obj, "id": str(pid), "user_id": str(obj.get("user_id") or pid), "messages": messages})
+        messages, pid = parse_prompt(obj, f"{path}:{lineno}")
+        pid = str(obj.get("id") or pid)
+        prompts.append({**obj, "id": pid, "user_id": str(obj.get("user_id") or pid), "messages": messages})
     if not prompts:
         raise DataError(f"{path}: no prompts")
     return prompts

@@ -43,11 +43,20 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def read_jsonl(path: Path):
-    """Yield (line_number, object) for each non-blank line; a broken line names file and line.
+class BadLine(Exception):
+    """A record that cannot be used: a short reason key (for skip counts) and the message after its location."""
 
-    Lines are decoded one at a time from bytes: decoding the file as a text stream would report a
-    bad byte at the line where its 8 KB chunk began, not where the byte is.
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def jsonl_records(path: Path):
+    """Yield (line number, object) for each non-blank line; a line that is not UTF-8 or not JSON comes as a
+    BadLine instead, so a reader that skips bad records can go on past it.
+
+    Lines are decoded one at a time from bytes: decoding the file as a text stream would report a bad
+    byte at the line where its 8 KB chunk began, not where the byte is.
     """
     from chatforge.errors import DataError
 
@@ -59,12 +68,23 @@ def read_jsonl(path: Path):
     with f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # Windows editors add a BOM
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1})") from None
-            if not line.strip():
+                yield lineno, BadLine("not_utf8", f"not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1})")
+                continue
+            if not text.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, json.loads(text.rstrip("\r\n"))  # else a truncated line errs at "column 1" of the next
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: broken JSON line ({e.msg} at column {e.colno})") from None
+                yield lineno, BadLine("broken_json", f"broken JSON line ({e.msg} at column {e.colno})")
+
+
+def read_jsonl(path: Path):
+    """Yield (line_number, object) for each non-blank line; a broken line is a DataError naming file and line."""
+    from chatforge.errors import DataError
+
+    for lineno, item in jsonl_records(path):
+        if isinstance(item, BadLine):
+            raise DataError(f"{path}:{lineno}: {item}")
+        yield lineno, item

@@ -106,6 +106,14 @@ def _stream(tokenizer, text, moderator):
     return [e.delta for e in events if not e.finish], events[-1]
 
 
+def test_streamed_pieces_are_whole_characters_and_add_up_to_the_answer(engine):
+    text = "中国的首都是北京。 The capital of Japan is Tokyo — 东京！ 😀 done."
+    deltas, final = _stream(engine.tokenizer, text, None)
+    assert "".join(deltas) == text and final.finish == "stop"
+    assert all("\ufffd" not in d for d in deltas), "a character split across tokens is held until whole"
+    assert len(deltas) > 10
+
+
 def test_moderated_stream_shows_nothing_unchecked(engine):
     from chatforge.serve.moderation import Moderator
 

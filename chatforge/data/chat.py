@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from chatforge.errors import DataError
+from chatforge.io import BadLine, jsonl_records
 
 FORMATS = ("messages", "sharegpt", "alpaca")
 FORMAT_KEYS = {"messages": "messages", "sharegpt": "conversations", "alpaca": "instruction"}  # checked in this order
@@ -37,14 +38,6 @@ class LoadReport:
     first_errors: list[str] = field(default_factory=list)  # the first few full messages, for the log
 
 
-class _Invalid(Exception):
-    """One bad record: a short reason key for the skip counts, and the message that follows its location."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
 def read_dialogues(path: Path, fmt: str = "auto", skip_invalid: bool = False) -> tuple[list[list[dict]], LoadReport]:
     """Every valid dialogue under `path` as a list of {"role", "content"} turns, and what was read and skipped."""
     path = Path(path)
@@ -57,10 +50,10 @@ def read_dialogues(path: Path, fmt: str = "auto", skip_invalid: bool = False) ->
         for where, item in _file_records(file):
             report.num_read += 1
             try:
-                if isinstance(item, _Invalid):
+                if isinstance(item, BadLine):
                     raise item
                 record_fmt, dialogue = _convert(item, fmt)
-            except _Invalid as e:
+            except BadLine as e:
                 _skip_or_raise(report, f"{where}: {e}", e.reason, skip_invalid)
                 continue
             found.add(record_fmt)
@@ -113,7 +106,7 @@ def _data_files(path: Path) -> list[Path]:
 
 
 def _file_records(path: Path) -> Iterator[tuple[str, object]]:
-    """(location, parsed record) for each record of one file; an unparsable line comes as an _Invalid."""
+    """(location, parsed record) for each record of one file; an unparsable line comes as an BadLine."""
     if path.suffix == ".json" and _starts_with_array(path):
         return _json_array_records(path)
     return _jsonl_records(path)
@@ -126,22 +119,7 @@ def _starts_with_array(path: Path) -> bool:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
-    # Decoded line by line from bytes, unlike io.read_jsonl: a text-mode file decodes in 8 KB chunks, so
-    # a bad byte would be reported at the wrong line, and one bad line would end the whole file.
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # Windows editors add a BOM
-            except UnicodeDecodeError as e:
-                yield where, _Invalid("not_utf8", f"not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield where, json.loads(text.rstrip("\r\n"))  # else a truncated line errs at "column 1" of the next
-            except json.JSONDecodeError as e:
-                yield where, _Invalid("broken_json", f"broken JSON line ({e.msg} at column {e.colno})")
+    return ((f"{path}:{lineno}", item) for lineno, item in jsonl_records(path))
 
 
 def _json_array_records(path: Path) -> Iterator[tuple[str, object]]:
@@ -165,12 +143,12 @@ def _json_array_records(path: Path) -> Iterator[tuple[str, object]]:
 
 def _convert(record: object, fmt: str) -> tuple[str, list[dict]]:
     if not isinstance(record, dict):
-        raise _Invalid("not_object", f"expected a JSON object (one dialogue), got {_kind(record)}")
+        raise BadLine("not_object", f"expected a JSON object (one dialogue), got {_kind(record)}")
     if fmt == "auto":
         fmt = next((f for f, key in FORMAT_KEYS.items() if key in record), None)
         if fmt is None:
             keys = ", ".join(sorted(record)[:8]) or "none"
-            raise _Invalid("unknown_format", "unknown format: expected a 'messages', 'conversations' or "
+            raise BadLine("unknown_format", "unknown format: expected a 'messages', 'conversations' or "
                                              f"'instruction' field, got fields: {keys}")
     if fmt == "messages":
         return fmt, _turns(record, "messages", "role", "content", ROLES, "role")
@@ -182,24 +160,24 @@ def _convert(record: object, fmt: str) -> tuple[str, list[dict]]:
 def _turns(record: dict, key: str, role_key: str, content_key: str, names: dict, word: str) -> list[dict]:
     """Validated turns of record[key]; `names` maps the format's speaker names to our roles."""
     if key not in record:
-        raise _Invalid(f"missing_{key}", f"{key}: missing")
+        raise BadLine(f"missing_{key}", f"{key}: missing")
     turns = record[key]
     if not isinstance(turns, list):
-        raise _Invalid("bad_dialogue", f"{key}: must be a non-empty list of turns, got {_kind(turns)}")
+        raise BadLine("bad_dialogue", f"{key}: must be a non-empty list of turns, got {_kind(turns)}")
     if not turns:
-        raise _Invalid("empty_dialogue", f"{key}: must be a non-empty list of turns, got an empty list")
+        raise BadLine("empty_dialogue", f"{key}: must be a non-empty list of turns, got an empty list")
     messages = []
     for i, turn in enumerate(turns):
         at = f"{key}[{i}]"
         if not isinstance(turn, dict):
-            raise _Invalid("bad_turn", f"{at}: must be an object with {role_key!r} and {content_key!r}, "
+            raise BadLine("bad_turn", f"{at}: must be an object with {role_key!r} and {content_key!r}, "
                                        f"got {_kind(turn)}")
         if role_key not in turn:
-            raise _Invalid("missing_role", f"{at}.{role_key}: missing")
+            raise BadLine("missing_role", f"{at}.{role_key}: missing")
         speaker = turn[role_key]
         role = names.get(speaker) if isinstance(speaker, str) else None
         if role is None:
-            raise _Invalid("unknown_role", f"{at}.{role_key}: unknown {word} {speaker!r} "
+            raise BadLine("unknown_role", f"{at}.{role_key}: unknown {word} {speaker!r} "
                                            f"(expected one of {', '.join(names)})")
         messages.append({"role": role, "content": _text(turn, content_key, f"{at}.{content_key}", "content")})
     _check_order([m["role"] for m in messages], key, role_key)
@@ -210,25 +188,25 @@ def _check_order(roles: list[str], key: str, role_key: str):
     """The shape SFT trains on: [system], user, assistant, user, assistant, ..., ending with an answer."""
     for i, role in enumerate(roles):
         if role == "system" and i > 0:
-            raise _Invalid("misplaced_system", f"{key}[{i}].{role_key}: a system turn may only come first")
+            raise BadLine("misplaced_system", f"{key}[{i}].{role_key}: a system turn may only come first")
         if i > 0 and role == roles[i - 1]:
-            raise _Invalid("repeated_role", f"{key}[{i}].{role_key}: two {role} turns in a row")
+            raise BadLine("repeated_role", f"{key}[{i}].{role_key}: two {role} turns in a row")
     if "assistant" not in roles:
-        raise _Invalid("no_assistant", f"{key}: no assistant turn to learn from")
+        raise BadLine("no_assistant", f"{key}: no assistant turn to learn from")
     first = 1 if roles[0] == "system" else 0
     if roles[first] != "user":
         after = " after the system prompt" if first else ""
-        raise _Invalid("first_not_user", f"{key}[{first}].{role_key}: the first turn{after} must be the user's, "
+        raise BadLine("first_not_user", f"{key}[{first}].{role_key}: the first turn{after} must be the user's, "
                                          f"got {roles[first]}")
     if roles[-1] != "assistant":
-        raise _Invalid("user_turn_last", f"{key}: the last turn must be the assistant's, got {roles[-1]}")
+        raise BadLine("user_turn_last", f"{key}: the last turn must be the assistant's, got {roles[-1]}")
 
 
 def _alpaca(record: dict) -> list[dict]:
     instruction = _text(record, "instruction", "instruction", "instruction")
     extra = record.get("input")
     if extra is not None and not isinstance(extra, str):
-        raise _Invalid("bad_input", f"input: must be a string, got {_kind(extra)}")
+        raise BadLine("bad_input", f"input: must be a string, got {_kind(extra)}")
     output = _text(record, "output", "output", "output")
     if extra and extra.strip():  # the Alpaca template puts the input after the instruction, a blank line between
         instruction = f"{instruction}\n\n{extra}"
@@ -238,17 +216,17 @@ def _alpaca(record: dict) -> list[dict]:
 def _text(obj: dict, key: str, field_name: str, kind: str) -> str:
     """obj[key] as a non-blank string; failures are counted as missing_/bad_/empty_{kind}."""
     if key not in obj:
-        raise _Invalid(f"missing_{kind}", f"{field_name}: missing")
+        raise BadLine(f"missing_{kind}", f"{field_name}: missing")
     value = obj[key]
     if not isinstance(value, str):
-        raise _Invalid(f"bad_{kind}", f"{field_name}: must be a non-empty string, got {_kind(value)}")
+        raise BadLine(f"bad_{kind}", f"{field_name}: must be a non-empty string, got {_kind(value)}")
     if not value.strip():
         got = "an empty string" if not value else "only whitespace"
-        raise _Invalid(f"empty_{kind}", f"{field_name}: must be a non-empty string, got {got}")
+        raise BadLine(f"empty_{kind}", f"{field_name}: must be a non-empty string, got {got}")
     try:
         value.encode("utf-8")  # a lone surrogate ("\ud800" in the JSON) parses, then breaks the tokenizer
     except UnicodeEncodeError as e:
-        raise _Invalid(f"bad_{kind}", f"{field_name}: invalid unicode escape {value[e.start]!r} "
+        raise BadLine(f"bad_{kind}", f"{field_name}: invalid unicode escape {value[e.start]!r} "
                                       f"at character {e.start}") from None
     return value
 

@@ -17,11 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# One line reader for all user data: it decodes line by line (bad bytes named at their own line) and
-# hands back a broken line as a value instead of raising, so skip_invalid can go on past it.
-from chatforge.data.chat import _Invalid, _jsonl_records
 from chatforge.errors import DataError
-from chatforge.io import atomic_write_text
+from chatforge.io import BadLine, atomic_write_text, jsonl_records
 
 ROLES = ("system", "user", "assistant")
 RATING_KEYS = ("correctness", "appropriateness", "safety", "completeness", "fluency")
@@ -82,6 +79,18 @@ def parse_ranking(obj, where: str) -> Ranking:
         return _parse(obj)
     except _Bad as e:
         raise DataError(f"{where}: {e}") from None
+
+
+def parse_prompt(obj, where: str) -> tuple[list[dict], str]:
+    """(messages, stable id) of a prompt line: "messages" (ending with the user's turn) or a "prompt" string;
+    the same rules, and errors, as the prompt part of a ranking. Other keys are the caller's business."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object (one prompt), got {_type(obj)}")
+    try:
+        messages = _messages(obj)
+    except _Bad as e:
+        raise DataError(f"{where}: {e}") from None
+    return messages, _hash_id(messages)
 
 
 def _parse(obj: dict) -> Ranking:
@@ -281,10 +290,11 @@ def read_rankings(path, skip_invalid: bool = False) -> tuple[list[Ranking], dict
     for file in _rankings_files(path):
         report["files"] += 1
         read_before = report["read"]
-        for where, item in _jsonl_records(file):
+        for lineno, item in jsonl_records(file):
+            where = f"{file}:{lineno}"
             report["read"] += 1
             try:
-                if isinstance(item, _Invalid):  # a broken JSON line or non-UTF-8 bytes
+                if isinstance(item, BadLine):  # a broken JSON line or non-UTF-8 bytes
                     raise DataError(f"{where}: {item}")
                 rankings.append(parse_ranking(item, where))
             except DataError as e:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from starlette.requests import Request  # at module level: FastAPI resolves the string annotations here
 
-from chatforge.serve.engine import Engine, Event, Sampling, prompt_ids
+from chatforge.serve.engine import Engine, Event, Sampling, blocked_input, prompt_ids
 
 log = logging.getLogger("chatforge.serve")
 WEB_PAGE = Path(__file__).with_name("web") / "index.html"
@@ -98,7 +98,7 @@ def create_app(engine: Engine, model_name: str, *, moderator=None, api_key: str 
         authorize(request)
         body = await read_json(request, limits.max_body_bytes)
         messages, sampling, stream, usage_in_stream = parse_chat_request(body, limits)
-        blocked = input_block(moderator, messages)  # before the length check: a blocked message is blocked at any length
+        blocked = blocked_input(moderator, messages)  # before the length check: a blocked message is blocked at any length
         ids = prompt_ids(engine.tokenizer, messages)
         if blocked is None and len(ids) > max_prompt:
             raise ApiError(400, f"The conversation is {len(ids)} tokens after the chat template; the limit is "
@@ -173,16 +173,6 @@ def create_app(engine: Engine, model_name: str, *, moderator=None, api_key: str 
 def usage(event: Event) -> dict:
     return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
             "total_tokens": event.prompt_tokens + event.completion_tokens}
-
-
-def input_block(moderator, messages: list[dict]) -> str | None:
-    """The polite message if any user or system message is blocked, else None."""
-    if moderator is None:
-        return None
-    for m in messages:
-        if m["role"] != "assistant" and not moderator.check_input(m["content"]).allowed:
-            return moderator.message(m["content"])
-    return None
 
 
 async def read_json(request, max_bytes: int) -> dict:
@@ -286,13 +276,10 @@ def main(args) -> None:
     """`chatforge serve`: load the model, build the app, run uvicorn until Ctrl-C."""
     import uvicorn
 
-    from chatforge.serve.chat import load
-    from chatforge.serve.moderation import Moderator
+    from chatforge.serve.chat import load, moderator_of
 
     model, tokenizer = load(args.model)
-    moderator = None if args.no_moderation else (
-        Moderator.from_file(args.moderation, log_path=args.moderation_log) if args.moderation
-        else Moderator.default(log_path=args.moderation_log))
+    moderator = moderator_of(args)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, gather_ms=args.gather_ms)
     name = args.name or Path(args.model).resolve().name
     limits = Limits(max_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chatforge.errors import UserError
 from chatforge.io import atomic_write_json
-from chatforge.serve.engine import Engine, Sampling, prompt_ids
+from chatforge.serve.engine import Engine, Sampling, blocked_input, prompt_ids
 
 HELP = __doc__.split("Commands:\n", 1)[1]
 
@@ -49,8 +49,8 @@ class Conversation:
 
     def say(self, user_text: str, on_delta=None) -> tuple[str, str]:
         """(answer, finish reason). A blocked exchange is not kept in the history."""
-        if self.moderator is not None and not self.moderator.check_input(user_text).allowed:
-            text = self.moderator.message(user_text)
+        text = blocked_input(self.moderator, self.messages(user_text))
+        if text is not None:
             if on_delta:
                 on_delta(text)
             return text, "content_filter"
@@ -134,13 +134,20 @@ def load(model_dir: str):
     return model.eval(), tokenizer
 
 
-def main(args) -> None:
+def moderator_of(args):
+    """The moderator that `--moderation FILE`, `--no-moderation` and `--moderation-log FILE` ask for."""
     from chatforge.serve.moderation import Moderator
 
+    if args.no_moderation:
+        return None
+    if args.moderation:
+        return Moderator.from_file(args.moderation, log_path=args.moderation_log)
+    return Moderator.default(log_path=args.moderation_log)
+
+
+def main(args) -> None:
     model, tokenizer = load(args.model)
-    moderator = None if args.no_moderation else (
-        Moderator.from_file(args.moderation, log_path=args.moderation_log) if args.moderation
-        else Moderator.default(log_path=args.moderation_log))
+    moderator = moderator_of(args)
     engine = Engine(model, tokenizer, max_batch=1)
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     conversation = Conversation(engine, moderator, sampling, args.system or "")

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from chatforge.generate import generate
+from chatforge.serve.moderation import SENTENCE_ENDS
 from chatforge.tokenizer import IM_END
 
 log = logging.getLogger("chatforge.serve")
@@ -62,6 +63,8 @@ class Request:
     tokens: list[int] = field(default_factory=list)
     text: str = ""  # decoded so far
     sent: int = 0  # characters of `text` already handed to the sink
+    prefix: int = 0  # tokens[prefix:read] were decoded last time: the left context for decoding the new ones
+    read: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
 
@@ -72,10 +75,15 @@ class Request:
     def feed(self, tok: int, tokenizer):
         """One more generated token: decode, moderate, hand the new text to the sink."""
         self.tokens.append(tok)
-        text = tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+        # Only the tail is decoded, not the whole answer at every step: the new tokens with the few before
+        # them as context (a tokenizer may spell a piece differently at the start of a text).
+        before = tokenizer.decode(self.tokens[self.prefix : self.read], skip_special_tokens=True)
+        after = tokenizer.decode(self.tokens[self.prefix :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):  # nothing yet, or half a character: wait
             return
-        self.text = text
+        self.text += after[len(before) :]
+        self.prefix, self.read = self.read, len(self.tokens)
+        text = self.text
         if self.moderator is None:
             self._send(len(text))
             return
@@ -83,7 +91,7 @@ class Request:
         # to `settled`, and a check per sentence costs far less than one per token for every row.
         upto = self.moderator.settled(text)
         fresh = text[self.sent:upto]
-        if len(fresh) >= MODERATION_CHUNK or any(c in fresh for c in ".!?。！？\n"):
+        if len(fresh) >= MODERATION_CHUNK or any(c in fresh for c in SENTENCE_ENDS + "\n"):
             if not self.moderator.check_output(text).allowed:
                 self.finish("content_filter")
                 return
@@ -121,6 +129,17 @@ def stop_ids_of(model, tokenizer) -> list[int]:
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         ids.add(im_end)
     return sorted(ids)
+
+
+def blocked_input(moderator, messages: list[dict]) -> str | None:
+    """The moderator's polite message if any user or system message is blocked, else None (also when
+    there is no moderator). Every front end checks a whole conversation this one way."""
+    if moderator is None:
+        return None
+    for m in messages:
+        if m["role"] != "assistant" and not moderator.check_input(m["content"]).allowed:
+            return moderator.message(m["content"])
+    return None
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:

@@ -30,6 +30,7 @@ CATEGORY_KEYS = ("patterns", "allow")
 # A streamed answer is judged only up to its last sentence end, or up to this many characters before its
 # end: "beat your brother" must wait for " at chess" before it can be told from an assault.
 SETTLE_CHARS = 40
+SENTENCE_ENDS = ".!?。！？"  # the full-width ones become ASCII when normalised; raw text still has them
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # Soft hyphens and zero-width characters are invisible, so they only ever serve to split a keyword.
@@ -116,9 +117,7 @@ class Moderator:
         if not self.enabled:
             return len(text)
         # the rules see the normalised text, which may be shorter (collapsed spaces): stay on the safe side
-        shrink = max(0, len(text) - len(normalize(text)))
-        sentence_end = max(text.rfind(c) for c in ".!?。！？") + 1
-        return max(sentence_end, len(text) - SETTLE_CHARS - shrink, 0)
+        return _settled(text, slack=max(0, len(text) - len(normalize(text))))
 
     def message(self, text: str) -> str:
         """The polite refusal, in Chinese when `text` has CJK characters, else in English."""
@@ -174,10 +173,11 @@ class Moderator:
             f.flush()
 
 
-def _settled(text: str) -> int:
-    """How much of a streamed prefix can be judged: up to its last sentence end, or all but its tail."""
-    sentence_end = max(text.rfind(c) for c in ".!?。") + 1
-    return max(sentence_end, len(text) - SETTLE_CHARS)
+def _settled(text: str, slack: int = 0) -> int:
+    """How much of a streamed prefix can be judged: up to its last sentence end, or all but its tail
+    (and `slack` more characters)."""
+    sentence_end = max(text.rfind(c) for c in SENTENCE_ENDS) + 1
+    return max(sentence_end, len(text) - SETTLE_CHARS - slack, 0)
 
 
 # ---- the rules file -------------------------------------------------------------------------------------

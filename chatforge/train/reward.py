@@ -106,16 +106,21 @@ def pad_sequences(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
+def rewards_of_seqs(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> list[float]:
+    """Rewards (no bias) of encoded sequences, in batches."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        ids, lengths = pad_sequences(seqs[i : i + batch_size], pad_id)
+        out += rewards_of(model, ids.to(device), lengths.to(device)).tolist()
+    return out
+
+
 def score_texts(model, tokenizer, items: list[tuple[list[dict], str]], max_len: int, bias: float = 0.0,
                 batch_size: int = 64) -> list[float]:
     """Rewards of (messages, answer) pairs, bias included."""
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(items), batch_size):
-        seqs = [answer_ids(tokenizer, m, a, max_len) for m, a in items[i : i + batch_size]]
-        ids, lengths = pad_sequences(seqs, tokenizer.pad_token_id)
-        out += (rewards_of(model, ids.to(device), lengths.to(device)) + bias).tolist()
-    return out
+    seqs = [answer_ids(tokenizer, m, a, max_len) for m, a in items]
+    return [r + bias for r in rewards_of_seqs(model, seqs, tokenizer.pad_token_id, batch_size)]
 
 
 def load_reward_model(path: Path):
@@ -290,7 +295,7 @@ def _finish(run_dir, stage_dir, model, tokenizer, train, held, cfg, state, d) ->
     if d.is_main:
         model.eval()
         # The SFT model's answers score 0 on average: the reward's zero means "as good as SFT already is".
-        raw = score_texts(model, tokenizer, [(e.ranking.messages, a) for e in train for a in e.ranking.answers], cfg.max_len)
+        raw = rewards_of_seqs(model, [seq for e in train for seq in e.seqs], tokenizer.pad_token_id)
         model.config.reward_bias = -sum(raw) / len(raw)
         summary["reward_bias"] = round(model.config.reward_bias, 6)
         model.save_pretrained(str(stage_dir), safe_serialization=True)
