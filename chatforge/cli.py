@@ -8,7 +8,8 @@
     chatforge sample    --run runs/NAME          (K answers per ranking prompt from the SFT model)
     chatforge rank      --run runs/NAME          (the gold judge ranks them: rankings/rankings.jsonl)
     chatforge reward    --run runs/NAME [--rankings FILE] [--skip-invalid]
-    chatforge eval      --run runs/NAME --stage base|sft|reward
+    chatforge ppo       --run runs/NAME [--prompts FILE] [--skip-invalid] [--ptx-coef G] [--out DIR]
+    chatforge eval      --run runs/NAME --stage base|sft|reward|ppo
     chatforge chat      MODEL_DIR [--system TEXT] [--temperature T] [--no-moderation]
     chatforge serve     MODEL_DIR [--host H] [--port P] [--api-key KEY] [--no-moderation]
 """
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sample", "the SFT model answers each ranking prompt K times -> rankings/samples.jsonl"),
         ("rank", "annotators (the gold judge, on the world) rank each prompt's K answers -> rankings/rankings.jsonl"),
         ("reward", "the reward model, trained on the rankings with the K-way pairwise loss -> reward/"),
+        ("ppo", "RL: PPO from the SFT model against the frozen reward model, KL penalty and PPO-ptx -> ppo/"),
         ("eval", "evaluate a stage's model on the world's evaluation sets"),
     ]:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -58,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "reward":
             p.add_argument("--rankings", help="rankings file or folder (the format of docs/rankings.md)")
             p.add_argument("--skip-invalid", action="store_true", help="skip and count malformed rankings")
+        if name == "ppo":
+            p.add_argument("--prompts", help="prompt file (JSONL with 'messages' or 'prompt'); default: the world's PPO prompts")
+            p.add_argument("--skip-invalid", action="store_true", help="skip and count empty or over-long prompts")
+            p.add_argument("--ptx-coef", type=float, help="weight of the pretraining loss (PPO-ptx); 0 for plain PPO")
+            p.add_argument("--out", default="ppo", help="directory in the run to write the policy to (default: ppo)")
         if name == "eval":
-            p.add_argument("--stage", default="base", help="which stage's model to evaluate: base, sft or reward (default: base)")
+            p.add_argument("--stage", default="base",
+                           help="which stage's model to evaluate: base, sft, reward, ppo (or any model folder of the run)")
     _talk_parsers(sub)
     return parser
 
@@ -103,13 +111,18 @@ def resolve_recipe(args):
         overrides.append(f"sft.data={args.data}")
     if getattr(args, "lora_rank", None) is not None:
         overrides.append(f"sft.lora_rank={args.lora_rank}")
+    section = {"reward": "reward", "sample": "reward", "ppo": "ppo"}.get(args.command, "sft")
     if getattr(args, "skip_invalid", False):
-        overrides.append(("reward" if args.command == "reward" else "sft") + ".skip_invalid=true")
+        overrides.append(f"{section}.skip_invalid=true")
     if getattr(args, "prompts", None):
-        overrides.append(f"reward.prompts={args.prompts}")
+        overrides.append(f"{section}.prompts={args.prompts}")
+    if getattr(args, "ptx_coef", None) is not None:
+        overrides.append(f"ppo.ptx_coef={args.ptx_coef}")
     if getattr(args, "rankings", None):
         overrides.append(f"reward.rankings={args.rankings}")
     recipe = load_recipe(path, overrides)
+    if getattr(args, "out", "ppo") != "ppo":  # a side experiment (e.g. PPO without ptx) keeps its recipe to itself
+        saved = run_dir / args.out / "recipe.yaml"
     if dist.get().is_main:
         save_yaml(to_dict(recipe), saved)
     return run_dir, recipe
@@ -151,6 +164,10 @@ def dispatch(args):
         from chatforge.train import reward
 
         reward.run(run_dir, recipe)
+    elif args.command == "ppo":
+        from chatforge.train import ppo
+
+        ppo.run(run_dir, recipe, out=args.out)
     elif args.command == "eval":
         pipeline.stage_eval(run_dir, args.stage)
     dist.shutdown()

@@ -186,6 +186,60 @@ class RewardConfig:
 
 
 @dataclass
+class PPOConfig:
+    """RL from the reward model (`chatforge ppo`): PPO with a per-token KL penalty to the SFT model, and PPO-ptx."""
+
+    prompts: str = ""  # prompts to answer (JSONL: "messages" or "prompt", optional "id", "user_id"); empty: the world's
+    skip_invalid: bool = False  # skip (and count) empty or over-long prompts instead of stopping at the first
+    iterations: int = 40  # rollout + optimisation rounds
+    batch_size: int = 64  # episodes (one prompt, one sampled answer) per iteration, summed over all processes
+    minibatches: int = 2  # optimizer steps per PPO epoch: the batch is cut into this many minibatches
+    ppo_epochs: int = 4  # passes over each iteration's episodes
+    max_new_tokens: int = 48  # longest answer; one that runs out is scored as cut there, less unfinished_penalty
+    temperature: float = 1.0  # sampling temperature of the rollouts (1.0: the policy's own distribution)
+    lr: float = 5e-5  # policy learning rate (constant after warm-up)
+    value_lr: float = 2e-4  # value model learning rate
+    warmup_iterations: int = 2  # linear warm-up of both learning rates
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    clip_range: float = 0.2  # PPO ratio clip ε
+    value_clip_range: float = 0.2  # the value may move at most this far from its rollout estimate per iteration
+    gamma: float = 1.0  # discount (1: the reward at the end counts fully for every token)
+    lam: float = 0.95  # GAE λ
+    kl_coef: float = 0.05  # β of the per-token penalty -β·(log π - log π_SFT); the initial value when adaptive
+    adaptive_kl: bool = True  # adjust β towards target_kl (Ziegler et al. 2019)
+    target_kl: float = 4.0  # nats per answer (summed over its tokens) that the adaptive controller aims at
+    kl_horizon: int = 2000  # episodes over which the controller closes a relative KL error
+    unfinished_penalty: float = 1.0  # subtracted from the reward of an answer that never ends
+    ptx_coef: float = 1.0  # γ of PPO-ptx: weight of the pretraining loss added to the policy loss (0: plain PPO)
+    ptx_batch_size: int = 16  # pretraining windows per minibatch, with ptx_coef > 0
+    ptx_len: int = 64  # tokens per pretraining window
+    save_every: int = 5  # checkpoint every this many iterations (and at the end)
+    seed: int = 2024
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        for name in ("iterations", "batch_size", "minibatches", "ppo_epochs", "max_new_tokens", "ptx_batch_size",
+                     "ptx_len", "save_every", "kl_horizon"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"ppo.{name} must be positive, got {getattr(self, name)}")
+        if self.batch_size % self.minibatches:
+            raise ConfigError(f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.minibatches ({self.minibatches})")
+        for name in ("lr", "value_lr", "clip_range", "value_clip_range", "target_kl"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"ppo.{name} must be positive, got {getattr(self, name)}")
+        for name in ("kl_coef", "ptx_coef", "unfinished_penalty", "temperature", "warmup_iterations"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ConfigError("ppo.gamma and ppo.lam must be in [0, 1]")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"ppo.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+
+
+@dataclass
 class Recipe:
     world: WorldConfig = field(default_factory=WorldConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -193,6 +247,7 @@ class Recipe:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
 # ----------------------------------------------------------------------------- building from plain data

@@ -37,20 +37,36 @@ def rankings_path(run_dir: Path) -> Path:
     return Path(run_dir) / "rankings" / "rankings.jsonl"
 
 
-def load_prompts(run_dir: Path, cfg) -> list[dict]:
-    """Prompts as {"id", "user_id", "messages", ...}: the world's ranking prompts, or the user's file
-    (each line "messages" or "prompt", optional "id" and "user_id"; validated like a ranking's prompt)."""
-    from chatforge.data.rankings import parse_prompt
-
-    path = Path(cfg.prompts) if cfg.prompts else Path(run_dir) / "data" / "prompts" / "rank.jsonl"
-    prompts = []
-    for lineno, obj in read_jsonl(path):
-        messages, pid = parse_prompt(obj, f"{path}:{lineno}")
-        pid = str(obj.get("id") or pid)
-        prompts.append({**obj, "id": pid, "user_id": str(obj.get("user_id") or pid), "messages": messages})
-    if not prompts:
-        raise DataError(f"{path}: no prompts")
+def load_prompts(run_dir: Path, cfg, split: str = "rank") -> list[dict]:
+    """Prompts as {"id", "user_id", "messages", ...}: the world's prompts of `split`, or the user's file
+    `cfg.prompts` (each line "messages" or "prompt", optional "id" and "user_id"; validated like a ranking's prompt)."""
+    path = Path(cfg.prompts) if cfg.prompts else Path(run_dir) / "data" / "prompts" / f"{split}.jsonl"
+    prompts, _ = read_prompts(path)
     return prompts
+
+
+def read_prompts(path: Path, skip_invalid: bool = False) -> tuple[list[dict], list[str]]:
+    """(prompts, the errors of the lines skipped); without skip_invalid the first bad line is a DataError."""
+    from chatforge.data.rankings import parse_prompt
+    from chatforge.io import BadLine, jsonl_records
+
+    prompts, skipped = [], []
+    for lineno, obj in jsonl_records(path):
+        try:
+            if isinstance(obj, BadLine):
+                raise DataError(f"{path}:{lineno}: {obj}")
+            messages, pid = parse_prompt(obj, f"{path}:{lineno}")
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            skipped.append(str(e))
+            continue
+        pid = str(obj.get("id") or pid)
+        prompts.append({**obj, "id": pid, "user_id": str(obj.get("user_id") or pid), "messages": messages,
+                        "where": f"{path}:{lineno}"})
+    if not prompts:
+        raise DataError(f"{path}: no prompts" + (f" ({len(skipped)} invalid lines skipped)" if skipped else ""))
+    return prompts, skipped
 
 
 def sample(run_dir: Path, recipe: Recipe) -> Path:

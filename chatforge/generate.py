@@ -17,6 +17,7 @@ import torch
 class Generation:
     tokens: list[int]  # generated ids, without the stop token
     finished: bool  # True if a stop token ended it, False if it ran out of max_new_tokens
+    stop: int | None = None  # the stop token that ended it (PPO trains on it too)
 
 
 def sample_next(
@@ -129,7 +130,7 @@ def _collect(rows: list[list[int]], stops: set[int]) -> list[Generation]:
     results = []
     for row in rows:
         cut = next((i for i, t in enumerate(row) if t in stops), None)
-        results.append(Generation(row if cut is None else row[:cut], cut is not None))
+        results.append(Generation(row, False) if cut is None else Generation(row[:cut], True, row[cut]))
     return results
 
 

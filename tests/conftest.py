@@ -83,12 +83,18 @@ def tiny_base(tmp_path_factory) -> Path:
     return run
 
 
+def top_level(root: Path, *prefixes: str):
+    """A copytree `ignore` that leaves out the stage folders of `root` starting with a prefix, and nothing deeper
+    (ignore_patterns would also drop data/eval and data/prompts/ppo.jsonl)."""
+    return lambda folder, names: [n for n in names if Path(folder) == Path(root) and n.startswith(prefixes)]
+
+
 @pytest.fixture
 def tiny_copy(tiny_base, tmp_path):
     """A private copy of the tiny run, without the stages after pretraining."""
     def make(name: str) -> Path:
         dst = tmp_path / name
-        shutil.copytree(tiny_base, dst, ignore=shutil.ignore_patterns("sft", "eval"))
+        shutil.copytree(tiny_base, dst, ignore=top_level(tiny_base, "sft", "eval"))
         return dst
 
     return make
