@@ -11,6 +11,7 @@ Every stage is measured the same way, greedy, so the table shows what each stage
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -122,7 +123,49 @@ def qa_eval(model, tokenizer, run_dir: Path, records: list[dict]) -> dict:
             seen[(r["kind"], r["lang"])] = seen.get((r["kind"], r["lang"]), 0) + 1
             examples.append({"id": r["id"], "kind": r["kind"], "lang": r["lang"], "question": r["messages"][-1]["content"],
                              "answer": text, "finished": finished, "gold_reward": round(s.total, 3)})
-    return {"metrics": qa_metrics(records, scores), "count": len(records), "examples": examples}
+    return {"metrics": qa_metrics(records, scores), "count": len(records), "examples": examples,
+            "gold": {r["id"]: round(s.total, 4) for r, s in zip(records, scores)}}
+
+
+def win_rate(gold: dict[str, float], against: dict[str, float], records: list[dict]) -> dict:
+    """The gold judge's verdict, prompt by prompt, of one model's greedy answers against another's: a higher
+    gold reward wins, an equal one is a tie (counted half); overall and per prompt kind."""
+    out = {}
+    for kind in [None] + sorted({r["kind"] for r in records}):
+        ids = [r["id"] for r in records if (kind is None or r["kind"] == kind) and r["id"] in gold and r["id"] in against]
+        wins = sum(gold[i] > against[i] + 1e-9 for i in ids)
+        ties = sum(abs(gold[i] - against[i]) <= 1e-9 for i in ids)
+        if ids:
+            out[kind or "all"] = {"win_rate": round((wins + 0.5 * ties) / len(ids), 4), "wins": wins, "ties": ties,
+                                  "losses": len(ids) - wins - ties}
+    return out
+
+
+@torch.no_grad()
+def kl_to(model, reference, tokenizer, records: list[dict], max_new_tokens: int = 48, batch_size: int = 64,
+          seed: int = 0) -> float:
+    """KL(π || π_ref) in nats per answer: the mean over prompts of Σ_t log π(y_t) - log π_ref(y_t) for one answer
+    per prompt sampled from π at temperature 1 (an unbiased estimate)."""
+    from chatforge.generate import generate
+    from chatforge.tokenizer import IM_END, render_chat
+    from chatforge.train.ppo import answer_logits, kl_k1, layout, token_logprobs
+
+    stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for start in range(0, len(records), batch_size):
+        prompts = [render_chat(tokenizer, r["messages"], add_generation_prompt=True)[0]
+                   for r in records[start : start + batch_size]]
+        gens = generate(model, prompts, max_new_tokens, pad_id=tokenizer.pad_token_id, stop_ids=stop_ids,
+                        temperature=1.0, generator=generator)
+        answers = [g.tokens + ([g.stop] if g.finished else []) for g in gens]
+        ids, attention, positions, mask = layout(prompts, answers, tokenizer.pad_token_id)
+        width = ids.shape[1] - mask.shape[1]
+        logp = token_logprobs(answer_logits(model, ids, attention, positions, width), ids[:, width:])
+        ref = token_logprobs(answer_logits(reference, ids, attention, positions, width), ids[:, width:])
+        total += float((kl_k1(logp, ref) * mask).sum())
+        count += len(prompts)
+    return total / max(count, 1)
 
 
 def evaluate_stage(run_dir: Path, stage: str) -> dict:
@@ -139,9 +182,31 @@ def evaluate_stage(run_dir: Path, stage: str) -> dict:
     qa_records = [r for _, r in read_jsonl(run_dir / "data" / "eval" / "qa.jsonl")]
     result["qa"] = qa_eval(model, tokenizer, run_dir, qa_records)
     result["heldout"] = heldout_loss(model, tokenizer, run_dir, seq_len=min(128, model.config.max_position_embeddings - 1))
+    if stage not in ("base", "sft") and (run_dir / "sft" / "config.json").exists():
+        result["vs_sft"] = against_sft(run_dir, model, tokenizer, result, qa_records)
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(run_dir / "eval" / f"{stage}.json", result)
     return result
+
+
+def against_sft(run_dir: Path, model, tokenizer, result: dict, records: list[dict]) -> dict:
+    """What a model after SFT (PPO's policy) gained over it on the held-out prompts: gold win rate of the greedy
+    answers, the change in gold reward and fact accuracy, and the KL to the SFT model."""
+    sft_file = run_dir / "eval" / "sft.json"
+    sft = json.loads(sft_file.read_text()) if sft_file.exists() else evaluate_stage(run_dir, "sft")
+    if "gold" not in sft["qa"]:  # written before per-prompt scores were kept
+        sft = evaluate_stage(run_dir, "sft")
+    reference = load_causal_lm(run_dir / "sft").eval()
+    mine, theirs = result["qa"]["metrics"], sft["qa"]["metrics"]
+    return {
+        "win_rate": win_rate(result["qa"]["gold"], sft["qa"]["gold"], records),
+        "gold_reward": {"sft": theirs["gold_reward"], "this": mine["gold_reward"],
+                        "delta": round(mine["gold_reward"] - theirs["gold_reward"], 4)},
+        "fact_accuracy": {k: {"sft": theirs.get(k), "this": mine.get(k)} for k in ("fact_covered", "fact_heldout")},
+        "fact_completion": {"sft": sft["fact_completion"]["accuracy"]["all"],
+                            "this": result["fact_completion"]["accuracy"]["all"]},
+        "kl_to_sft": round(kl_to(model, reference, tokenizer, records), 4),
+    }
 
 
 def format_table(result: dict) -> str:
@@ -154,6 +219,21 @@ def format_table(result: dict) -> str:
               for k, v in result["qa"]["metrics"].items() if "/" not in k]
     lines.append("  held-out corpus:")
     lines += [f"    {k:<22} loss {v['loss']:.3f}  ppl {v['perplexity']:.2f}" for k, v in result["heldout"].items()]
+    if "vs_sft" in result:
+        lines.append(format_vs_sft(result["vs_sft"]))
+    return "\n".join(lines)
+
+
+def format_vs_sft(vs: dict) -> str:
+    w = vs["win_rate"]["all"]
+    lines = ["  against the SFT model (held-out users, greedy, gold judge):",
+             f"    win rate               {w['win_rate']:6.1%}  ({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)",
+             f"    gold reward            {vs['gold_reward']['this']:+.3f} vs {vs['gold_reward']['sft']:+.3f} "
+             f"({vs['gold_reward']['delta']:+.3f})"]
+    for k, v in vs["fact_accuracy"].items():
+        lines.append(f"    {k:<22} {v['this']:6.1%} vs {v['sft']:6.1%}")
+    lines.append(f"    KL to SFT              {vs['kl_to_sft']:.2f} nats per answer (sampled at temperature 1)")
+    lines += [f"      win rate on {k:<9} {v['win_rate']:6.1%}" for k, v in vs["win_rate"].items() if k != "all"]
     return "\n".join(lines)
 
 

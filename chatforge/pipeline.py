@@ -11,8 +11,7 @@ from chatforge.config import Recipe
 from chatforge.errors import DataError
 from chatforge.io import read_jsonl
 
-# PPO, the stage still to come, will be added here when it lands.
-STAGES = ["world", "tokenizer", "pretrain", "sft", "sample", "rank", "reward", "eval"]
+STAGES = ["world", "tokenizer", "pretrain", "sft", "sample", "rank", "reward", "ppo", "eval"]
 
 
 def stage_world(run_dir: Path, recipe: Recipe) -> dict:
@@ -80,8 +79,8 @@ def stage_eval(run_dir: Path, stage: str = "base", quiet: bool = False) -> dict:
 
 def run_all(run_dir: Path, recipe: Recipe):
     from chatforge import feedback
-    from chatforge.eval import format_comparison, format_reward_table
-    from chatforge.train import pretrain, reward, sft
+    from chatforge.eval import format_comparison, format_reward_table, format_vs_sft
+    from chatforge.train import ppo, pretrain, reward, sft
 
     t0 = time.time()
     if dist.get().is_main:
@@ -95,16 +94,18 @@ def run_all(run_dir: Path, recipe: Recipe):
         feedback.rank(run_dir, recipe)
     dist.barrier()
     reward.run(run_dir, recipe)
+    ppo.run(run_dir, recipe)
     if dist.get().is_main:
-        results = [_eval_once(run_dir, stage) for stage in ("base", "sft")]
+        results = [_eval_once(run_dir, stage) for stage in ("base", "sft", "ppo")]
         rm = _eval_once(run_dir, "reward")
         print("\n" + format_comparison(results))
+        print("\n" + format_vs_sft(results[-1]["vs_sft"]))
         print("\n" + format_reward_table(rm))
-        print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s. Stages so far: world -> tokenizer -> pretrain -> sft "
-              f"-> sample -> rank -> reward -> eval.\n"
-              f"PPO is not built yet; {Path(run_dir) / 'sft'} is the assistant so far.\n"
-              f"Talk to it:  .venv/bin/chatforge chat {Path(run_dir) / 'sft'}\n"
-              f"or serve it (OpenAI API + web page):  .venv/bin/chatforge serve {Path(run_dir) / 'sft'}")
+        chat_dir = Path(run_dir) / "ppo"
+        print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s: world -> tokenizer -> pretrain -> sft -> sample -> rank "
+              f"-> reward -> ppo -> eval.\n"
+              f"Talk to it:  .venv/bin/chatforge chat {chat_dir}\n"
+              f"or serve it (OpenAI API + web page):  .venv/bin/chatforge serve {chat_dir}")
     dist.barrier()
 
 

@@ -311,13 +311,16 @@ class Scorer:
 
 
 @torch.no_grad()
-def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokenizer, cfg, beta: float, judge, device) -> Rollout:
-    """Sample one answer per prompt, score it, and compute per-token rewards, advantages and returns."""
+def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokenizer, cfg, beta: float, judge, device,
+            stop_ids: list[int] | None = None) -> Rollout:
+    """Sample one answer per prompt, score it, and compute per-token rewards, advantages and returns.
+    stop_ids: the tokens that end an answer (default: <|im_end|> and the tokenizer's eos)."""
     from chatforge.generate import generate
     from chatforge.tokenizer import IM_END
 
     t0 = time.perf_counter()
-    stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    if stop_ids is None:
+        stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
     policy.eval()
     gens = generate(policy, [p["ids"] for p in prompts], cfg.max_new_tokens, pad_id=tokenizer.pad_token_id,
                     stop_ids=stop_ids, temperature=cfg.temperature)
@@ -372,12 +375,17 @@ def optimise(policy, value_model, opt_policy, opt_value, batch: Rollout, cfg, pt
     n = batch.ids.shape[0]
     size = n // cfg.minibatches if n >= cfg.minibatches else n
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+    # Minibatches of episodes with similar prompt lengths: prompts run from a few tokens to most of the context, and
+    # a random minibatch would pad every row to its longest (half the compute was padding). Each epoch visits the
+    # same minibatches in a fresh order; every episode is still used once per epoch.
+    by_length = batch.attention[:, : batch.prompt_width].sum(1).argsort(stable=True).cpu()
+    groups = [by_length[start : start + size] for start in range(0, n - size + 1, size)]
     sums: dict[str, float] = {}
     count = 0
     for epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(n, generator=g)
-        for start in range(0, n - size + 1, size):
-            idx = order[start : start + size].to(batch.ids.device)
+        for k, group in enumerate(torch.randperm(len(groups), generator=g).tolist()):
+            start = k * size
+            idx = groups[group].to(batch.ids.device)
             ids, attention, positions, width, keep = _trim(batch, idx)
             mask = batch.answer_mask[idx][:, :keep]
             old_logp, advantages = batch.old_logp[idx][:, :keep], batch.advantages[idx][:, :keep]
