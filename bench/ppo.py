@@ -84,39 +84,57 @@ def ours(run: Path, args) -> dict:
     scorer = ppo.Scorer(reward_model, bias, tokenizer, policy.config.max_position_embeddings, cfg.unfinished_penalty)
     opt_policy = make_optimizer(policy, cfg.lr, 0.0, (cfg.beta1, cfg.beta2))
     opt_value = make_optimizer(value, cfg.value_lr, 0.0, (cfg.beta1, cfg.beta2))
-    g = torch.Generator().manual_seed(0)
-    # prompts of --prompt-length random tokens of the tokenizer's ordinary vocabulary, as on TRL's side
-    low = 256  # past the byte tokens, below nothing special
-    prompts = [{"ids": torch.randint(low, len(tokenizer) - 16, (args.prompt_length,), generator=g).tolist(),
-                "messages": [{"role": "user", "content": "x"}]} for _ in range(args.batch * args.iterations)]
-    for p in prompts:
-        p["messages"] = [{"role": "user", "content": tokenizer.decode(p["ids"])}]
-    times, gen_times = [], []
+    prompts = world_prompts(run, cfg, tokenizer, policy, args) if args.workload == "world" else random_prompts(tokenizer, args)
+    times, gen_times, tokens = [], [], []
     for it in range(args.iterations):
         batch_prompts = prompts[it * args.batch : (it + 1) * args.batch]
         t0 = time.perf_counter()
+        # synthetic: -1 never occurs, so every answer is exactly response_length tokens; world: answers end at <|im_end|>
         batch = ppo.rollout(policy, value, reference, scorer, batch_prompts, tokenizer, cfg, cfg.kl_coef, None, d.device,
-                            stop_ids=[-1])  # -1 never occurs: every answer is exactly response_length tokens
+                            stop_ids=[-1] if args.workload == "synthetic" else None)
         ppo.optimise(policy, value, opt_policy, opt_value, batch, cfg, None, it, d)
         times.append(time.perf_counter() - t0)
         gen_times.append(batch.stats["gen_seconds"])
-        assert batch.stats["gen_tokens"] == args.batch * args.response_length
+        tokens.append(batch.stats["gen_tokens"])
     sec = statistics.median(times[1:])
-    seq = args.prompt_length + args.response_length
+    seq = statistics.mean(len(p["ids"]) for p in prompts) + statistics.mean(tokens) / args.batch
     # model FLOPs of one iteration: forward (2N per token) of policy, reference, value and reward model in the
     # rollout, forward + backward (6N) of policy and value per PPO epoch; generation ~2N per generated token
     n = matmul_params(policy)
     tokens = args.batch * seq
-    flops = 4 * 2 * n * tokens + args.ppo_epochs * 2 * 6 * n * tokens + 2 * n * args.batch * args.response_length
+    flops = 4 * 2 * n * tokens + args.ppo_epochs * 2 * 6 * n * tokens + 2 * n * statistics.mean(tokens)
     return {"impl": "chatforge", "params_per_model": sum(p.numel() for p in policy.parameters()),
+            "answer_tokens_mean": round(statistics.mean(tokens) / args.batch, 1),
             "sec_per_iter_median": round(sec, 3), "sec_per_iter_all": [round(t, 3) for t in times],
             "generation_sec_median": round(statistics.median(gen_times[1:]), 3),
             "episodes_per_s": round(args.batch / sec, 2),
-            "generated_tokens_per_s": round(args.batch * args.response_length / sec, 1),
+            "generated_tokens_per_s": round(statistics.median(tokens[1:]) / sec, 1),
             "model_flops_per_s": round(flops / sec / 1e9, 2)}
 
 
-def theirs(args) -> dict:
+def random_prompts(tokenizer, args) -> list[dict]:
+    """--prompt-length random ids of the ordinary vocabulary per prompt, as on TRL's side."""
+    g = torch.Generator().manual_seed(0)
+    prompts = []
+    for _ in range(args.batch * args.iterations):
+        ids = torch.randint(256, len(tokenizer) - 16, (args.prompt_length,), generator=g).tolist()
+        prompts.append({"ids": ids, "messages": [{"role": "user", "content": tokenizer.decode(ids)}]})
+    return prompts
+
+
+def world_prompts(run: Path, cfg, tokenizer, policy, args) -> list[dict]:
+    """The run's PPO prompts, as the stage reads them; their ids go to TRL's side through a file."""
+    from chatforge.train import ppo
+
+    prompts, _ = ppo.load_ppo_prompts(run, cfg, tokenizer, policy.config.max_position_embeddings - cfg.max_new_tokens)
+    prompts = prompts[: args.batch * args.iterations]
+    if len(prompts) < args.batch * args.iterations:
+        raise SystemExit(f"{run}: only {len(prompts)} PPO prompts; lower --batch or --iterations")
+    Path(args.prompts_file).write_text(json.dumps([p["ids"] for p in prompts]))
+    return prompts
+
+
+def theirs(args, run: Path) -> dict:
     python = Path(args.trl_python)
     if not python.exists():
         return {"impl": "trl", "skipped": f"{python} not found: run bench/trl_env.sh to make TRL's own environment"}
@@ -124,6 +142,8 @@ def theirs(args) -> dict:
            str(args.response_length), "--ppo-epochs", str(args.ppo_epochs), "--minibatches", str(args.minibatches),
            "--iterations", str(args.iterations), "--prompt-length", str(args.prompt_length),
            "--threads", str(torch.get_num_threads())]
+    if args.workload == "world":
+        cmd += ["--run", str(run), "--prompts-file", args.prompts_file]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"impl": "trl", "failed": proc.stderr[-2000:]}
@@ -141,18 +161,24 @@ def main():
     ap.add_argument("--iterations", type=int, default=6, help="the first is a warm-up, left out of the median")
     ap.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--workload", choices=("synthetic", "world"), default="synthetic",
+                    help="synthetic: random prompts of --prompt-length, answers always --response-length tokens; "
+                         "world: the run's own models and PPO prompts, answers that end when the policy ends them")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     load_before = os.getloadavg()[0]
     ceiling = matmul_ceiling()
     run = Path(args.run)
     with tempfile.TemporaryDirectory() as tmp:
+        args.prompts_file = str(Path(tmp) / "prompts.json")
         if not ((run / "sft" / "config.json").exists() and (run / "reward" / "config.json").exists()):
+            if args.workload == "world":
+                raise SystemExit(f"{run}: --workload world needs a run with sft/ and reward/ (make demo)")
             run = _fresh_run(Path(tmp))
         result = ours(run, args)
-    result["mfu_fp32"] = round(result["model_flops_per_s"] * 1e9 / ceiling, 3)
-    trl = {"impl": "trl", "skipped": "--skip-trl"} if args.skip_trl else theirs(args)
-    out = {"bench": "ppo", "batch": args.batch, "response_length": args.response_length, "prompt_length": args.prompt_length,
+        result["mfu_fp32"] = round(result["model_flops_per_s"] * 1e9 / ceiling, 3)
+        trl = {"impl": "trl", "skipped": "--skip-trl"} if args.skip_trl else theirs(args, run)
+    out = {"bench": "ppo", "workload": args.workload, "batch": args.batch, "response_length": args.response_length, "prompt_length": args.prompt_length,
            "ppo_epochs": args.ppo_epochs, "minibatches": args.minibatches, "iterations": args.iterations,
            "threads": torch.get_num_threads(), "models": "run " + str(run) if run == Path(args.run) else "fresh, laptop size",
            "matmul_ceiling_gflops": round(ceiling / 1e9, 1), "ours": result, "trl": trl,

@@ -48,6 +48,10 @@ def parse_args():
     ap.add_argument("--iterations", type=int, default=6, help="PPO iterations; the first is warm-up")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run", help="a chatforge run: policy and reference from RUN/sft, value and reward from RUN/reward, "
+                                  "their tokenizer, and answers that end at <|im_end|> (default: random models, no stop)")
+    ap.add_argument("--prompts-file", help="JSON list of prompts as token-id lists, batch x iterations of them "
+                                           "(default: random ids of --prompt-length)")
     # The model: chatforge's laptop recipe (recipes/laptop.yaml, section model).
     ap.add_argument("--vocab", type=int, default=2304)
     ap.add_argument("--hidden", type=int, default=192)
@@ -61,7 +65,7 @@ def parse_args():
         ap.error(f"--batch ({args.batch}) must be a multiple of --minibatches ({args.minibatches})")
     if args.iterations < 2:
         ap.error("--iterations must be at least 2 (the first is warm-up)")
-    if args.prompt_length + args.response_length > args.max_positions:
+    if not args.prompts_file and args.prompt_length + args.response_length > args.max_positions:
         ap.error("--prompt-length + --response-length exceeds --max-positions")
     return args
 
@@ -95,10 +99,26 @@ def build_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
+def load_run_models(run: str):
+    """A chatforge run's SFT model (policy, and a copy as reference) and reward model (value, and a copy as reward)
+    with their tokenizer, padded on the left for generation as TRL expects; answers stop at <|im_end|>."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    sft, rm = os.path.join(run, "sft"), os.path.join(run, "reward")
+    policy = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)
+    reward = AutoModelForSequenceClassification.from_pretrained(rm, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    tokenizer.padding_side = "left"
+    return (policy, copy.deepcopy(policy), copy.deepcopy(reward), reward), tokenizer
+
+
 def prompt_dataset(args):
-    """batch * iterations prompts of random ids in [2, vocab): one fresh prompt per episode."""
+    """batch * iterations prompts: the file's token ids, or random ids in [2, vocab) (one fresh prompt per episode)."""
     from datasets import Dataset
 
+    if args.prompts_file:
+        with open(args.prompts_file) as f:
+            return Dataset.from_dict({"input_ids": json.load(f)[: args.batch * args.iterations]})
     g = torch.Generator().manual_seed(args.seed + 1)
     ids = torch.randint(2, args.vocab, (args.batch * args.iterations, args.prompt_length), generator=g)
     return Dataset.from_dict({"input_ids": ids.tolist()})
@@ -173,7 +193,7 @@ class Contention:
         return round(max(0.0, others / (time.perf_counter() - self.wall)), 2)
 
 
-def ppo_config(args, output_dir: str):
+def ppo_config(args, output_dir: str, stop_id: int | None = None):
     from trl.experimental.ppo import PPOConfig
 
     return PPOConfig(
@@ -188,7 +208,8 @@ def ppo_config(args, output_dir: str):
         local_rollout_forward_batch_size=args.batch,  # the whole rollout in one generate call, as chatforge
         response_length=args.response_length,
         temperature=1.0,
-        stop_token=None, stop_token_id=None,  # no stop token: generate always samples response_length tokens
+        # no stop token: generate always samples response_length tokens; with a run's models, <|im_end|> ends an answer
+        stop_token=None, stop_token_id=stop_id,
         missing_eos_penalty=None,
         num_sample_generations=0,
         gradient_checkpointing=False,  # TRL's default is True
@@ -210,14 +231,18 @@ def main():
     import trl.experimental.ppo.ppo_trainer as ppo_trainer_module
     from trl.experimental.ppo import PPOTrainer
 
-    policy, ref, value, reward = build_models(args)
+    if args.run:
+        (policy, ref, value, reward), tokenizer = load_run_models(args.run)
+        stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    else:
+        (policy, ref, value, reward), tokenizer, stop_id = build_models(args), build_tokenizer(args.vocab), None
     timer = make_timer()
     rollouts = watch_rollouts(ppo_trainer_module)
     load_before = os.getloadavg()
     contention = Contention()
     with tempfile.TemporaryDirectory(prefix="trl_ppo_") as out_dir, contextlib.redirect_stdout(sys.stderr):
         trainer = PPOTrainer(
-            args=ppo_config(args, out_dir), processing_class=build_tokenizer(args.vocab), model=policy,
+            args=ppo_config(args, out_dir, stop_id), processing_class=tokenizer, model=policy,
             ref_model=ref, reward_model=reward, value_model=value, train_dataset=prompt_dataset(args),
             callbacks=[timer],
         )
@@ -240,7 +265,8 @@ def main():
         "params_per_model": num_params,
         "params_value_model": sum(p.numel() for p in value.parameters()),
         "batch": args.batch,
-        "prompt_length": args.prompt_length,
+        "prompt_length": "from file" if args.prompts_file else args.prompt_length,
+        "models": f"run {args.run}" if args.run else "random",
         "response_length": args.response_length,
         "ppo_epochs": args.ppo_epochs,
         "minibatches": args.minibatches,
