@@ -580,8 +580,11 @@ def overoptimisation(records: list[dict], window: int = 5, margin: float = 0.05)
     return out
 
 
-def plot_overoptimisation(records: list[dict], path: Path):
-    """PNG: RM and gold reward against KL to the SFT model, one point per iteration; the data is in metrics.jsonl."""
+def plot_overoptimisation(records: list[dict], path: Path, window: int = 5):
+    """PNG: the RM (proxy) and gold rewards against KL to the SFT model (one point per iteration, and their running
+    means over `window` iterations as lines), and the same against the iteration; the data is in metrics.jsonl."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -589,19 +592,26 @@ def plot_overoptimisation(records: list[dict], path: Path):
 
     from chatforge.io import atomic_write_bytes
 
-    kl = [r["kl"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(kl, [r["reward/rm"] for r in records], "o-", ms=3, label="reward model (proxy)")
-    if all("reward/gold" in r for r in records):
-        ax.plot(kl, [r["reward/gold"] for r in records], "s-", ms=3, label="gold judge")
-    ax.set_xlabel("KL(π || π_SFT), nats per answer")
-    ax.set_ylabel("mean reward of the iteration's answers")
-    ax.set_title("PPO: proxy and gold reward against KL")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    series = [("reward/rm", "reward model (proxy)", "tab:blue")]
+    if records and all("reward/gold" in r for r in records):
+        series.append(("reward/gold", "gold judge", "tab:orange"))
+    steps, kl = [r["step"] for r in records], [r["kl"] for r in records]
+    fig, (by_kl, by_step) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for key, label, colour in series:
+        values = [r[key] for r in records]
+        by_kl.scatter(kl, values, s=10, alpha=0.35, color=colour)
+        by_kl.plot(_smooth(kl, window), _smooth(values, window), color=colour, label=label)
+        by_step.plot(steps, values, color=colour, alpha=0.35)
+        by_step.plot(steps, _smooth(values, window), color=colour, label=label)
+    by_kl.set_xlabel("KL(π || π_SFT), nats per answer")
+    by_kl.set_ylabel("mean reward of the iteration's answers")
+    by_kl.set_title("proxy and gold reward against KL")
+    by_step.set_xlabel("iteration")
+    by_step.set_title(f"the same over training (lines: running mean of {window})")
+    for ax in (by_kl, by_step):
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
