@@ -101,8 +101,8 @@ def ours(run: Path, args) -> dict:
     # model FLOPs of one iteration: forward (2N per token) of policy, reference, value and reward model in the
     # rollout, forward + backward (6N) of policy and value per PPO epoch; generation ~2N per generated token
     n = matmul_params(policy)
-    tokens = args.batch * seq
-    flops = 4 * 2 * n * tokens + args.ppo_epochs * 2 * 6 * n * tokens + 2 * n * statistics.mean(tokens)
+    seq_tokens = args.batch * seq
+    flops = 4 * 2 * n * seq_tokens + args.ppo_epochs * 2 * 6 * n * seq_tokens + 2 * n * statistics.mean(tokens)
     return {"impl": "chatforge", "params_per_model": sum(p.numel() for p in policy.parameters()),
             "answer_tokens_mean": round(statistics.mean(tokens) / args.batch, 1),
             "sec_per_iter_median": round(sec, 3), "sec_per_iter_all": [round(t, 3) for t in times],

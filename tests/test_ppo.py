@@ -305,3 +305,24 @@ def test_a_reward_model_with_another_tokenizer_is_refused(rm_copy, chat_model):
         shutil.copy(chat_model / name, run / "reward" / name)
     out = cli("ppo", "--run", str(run), check=False)
     assert out.returncode == 2 and "tokenizer differs" in out.stderr, out.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_run_ppo_with_ddp(rm_copy):
+    """torchrun with 2 processes: each answers half of every iteration's prompts, gradients are averaged by DDP
+    (two forwards, the PPO loss and the ptx loss, before one backward), rank 0 alone logs and saves."""
+    import os
+    import subprocess
+    import sys
+
+    run = rm_copy("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29521",
+           "-m", "chatforge.cli", "--", "ppo", "--run", str(run), "--set", "ppo.iterations=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ppo: done") == 1
+    summary = json.loads((run / "ppo" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["iterations"] == 2
+    records = [json.loads(x) for x in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["ptx_loss"] > 0 for r in records)
