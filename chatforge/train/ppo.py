@@ -360,8 +360,6 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
         gold = [judge.score(p, t, f).total for p, t, f in zip(prompts, texts, finished) if "gold" in p]
         if gold:
             stats["reward/gold"] = sum(gold) / len(gold)
-    stats["_examples"] = [{"prompt": p["messages"][-1]["content"], "answer": t, "rm": round(float(s), 3)}
-                          for p, t, s in zip(prompts[:2], texts, rm_score)]
     return Rollout(ids, attention, positions, mask, old_logp, ref_logp, values, advantages, returns, stats)
 
 
@@ -489,8 +487,7 @@ def run(run_dir: Path, recipe: Recipe, out: str = STAGE) -> dict:
         mine = [prompts[i] for i in dist.my_share(order.indices(it, cfg.batch_size))]
         batch = rollout(policy, value_model, reference, scorer, mine, tokenizer, cfg, state["beta"], judge, d.device)
         opt_stats = optimise(train_policy, train_value, opt_policy, opt_value, batch, cfg, ptx, it, d)
-        stats = {k: v for k, v in batch.stats.items() if not k.startswith("_")}
-        stats = _mean_over_processes({**stats, **opt_stats}, d)
+        stats = _mean_over_processes({**batch.stats, **opt_stats}, d)
         beta = state["beta"]
         if cfg.adaptive_kl:
             state["beta"] = adaptive_kl(beta, stats["kl"], cfg.target_kl, cfg.kl_horizon, cfg.batch_size)
