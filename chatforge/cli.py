@@ -10,6 +10,7 @@
     chatforge reward    --run runs/NAME [--rankings FILE] [--skip-invalid]
     chatforge ppo       --run runs/NAME [--prompts FILE] [--skip-invalid] [--ptx-coef G] [--out DIR]
     chatforge eval      --run runs/NAME --stage base|sft|reward|ppo
+    chatforge report    --run runs/NAME          (re-render runs/NAME/report.html)
     chatforge chat      MODEL_DIR [--system TEXT] [--temperature T] [--no-moderation]
     chatforge serve     MODEL_DIR [--host H] [--port P] [--api-key KEY] [--no-moderation]
 """
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("reward", "the reward model, trained on the rankings with the K-way pairwise loss -> reward/"),
         ("ppo", "RL: PPO from the SFT model against the frozen reward model, KL penalty and PPO-ptx -> ppo/"),
         ("eval", "evaluate a stage's model on the world's evaluation sets"),
+        ("report", "render runs/NAME/report.html from what the run holds: metrics, plots, answers side by side"),
     ]:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
@@ -170,6 +172,10 @@ def dispatch(args):
         ppo.run(run_dir, recipe, out=args.out)
     elif args.command == "eval":
         pipeline.stage_eval(run_dir, args.stage)
+    elif args.command == "report" and dist.get().is_main:
+        from chatforge.report import render
+
+        print(f"report: {render(run_dir)}")
     dist.shutdown()
 
 

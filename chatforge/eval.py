@@ -237,17 +237,19 @@ def format_vs_sft(vs: dict) -> str:
     return "\n".join(lines)
 
 
-def format_comparison(results: list[dict]) -> str:
-    """One table, a column per stage: what each stage adds."""
-    names = [r["stage"] for r in results]
+def comparison_rows(results: list[dict]) -> list[tuple[str, list[str]]]:
+    """(metric, a formatted cell per stage): what each stage adds, for the terminal table and the report."""
     rows = [("fact completion", lambda r: r["fact_completion"]["accuracy"]["all"], "{:.1%}")]
     for key in ("fact_covered", "fact_heldout", "followup", "dont_know", "refusal", "over_refusal", "gold_reward"):
         rows.append((key, lambda r, k=key: r["qa"]["metrics"].get(k), "{:+.3f}" if key == "gold_reward" else "{:.1%}"))
     rows.append(("held-out loss (mean)", lambda r: sum(v["loss"] for v in r["heldout"].values()) / len(r["heldout"]), "{:.3f}"))
-    lines = ["metric".ljust(24) + "".join(n.rjust(10) for n in names)]
-    for label, get, fmt in rows:
-        cells = [get(r) for r in results]
-        lines.append(label.ljust(24) + "".join((fmt.format(c) if c is not None else "-").rjust(10) for c in cells))
+    return [(label, [fmt.format(get(r)) if get(r) is not None else "-" for r in results]) for label, get, fmt in rows]
+
+
+def format_comparison(results: list[dict]) -> str:
+    """One table, a column per stage: what each stage adds."""
+    lines = ["metric".ljust(24) + "".join(r["stage"].rjust(10) for r in results)]
+    lines += [label.ljust(24) + "".join(c.rjust(10) for c in cells) for label, cells in comparison_rows(results)]
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from chatforge.config import Recipe
 from chatforge.errors import DataError
 from chatforge.io import read_jsonl
 
-STAGES = ["world", "tokenizer", "pretrain", "sft", "sample", "rank", "reward", "ppo", "eval"]
+STAGES = ["world", "tokenizer", "pretrain", "sft", "sample", "rank", "reward", "ppo", "eval", "report"]
 
 
 def stage_world(run_dir: Path, recipe: Recipe) -> dict:
@@ -101,9 +101,12 @@ def run_all(run_dir: Path, recipe: Recipe):
         print("\n" + format_comparison(results))
         print("\n" + format_vs_sft(results[-1]["vs_sft"]))
         print("\n" + format_reward_table(rm))
+        from chatforge.report import render
+
         chat_dir = Path(run_dir) / "ppo"
         print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s: world -> tokenizer -> pretrain -> sft -> sample -> rank "
               f"-> reward -> ppo -> eval.\n"
+              f"The report: {render(run_dir)}\n"
               f"Talk to it:  .venv/bin/chatforge chat {chat_dir}\n"
               f"or serve it (OpenAI API + web page):  .venv/bin/chatforge serve {chat_dir}")
     dist.barrier()

@@ -100,6 +100,16 @@ def tiny_copy(tiny_base, tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_rm(tmp_path_factory, tiny_base):
+    """The tiny run through the reward model (SFT, sampling, ranking, RM), made once; copy it before training in it."""
+    run = tmp_path_factory.mktemp("rm") / "run"
+    shutil.copytree(tiny_base, run, ignore=top_level(tiny_base, "sft", "eval"))
+    for stage in ("sft", "sample", "rank", "reward"):
+        cli(stage, "--run", str(run))
+    return run
+
+
 def kill_at_first_checkpoint(stage_dir: Path, *args: str) -> int:
     """Start `chatforge ARGS`, kill -9 it as soon as its first checkpoint is on disk; return that step."""
     import signal

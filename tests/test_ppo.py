@@ -169,16 +169,6 @@ def test_overoptimisation_is_named_when_gold_falls_and_the_proxy_rises():
 # ----------------------------------------------------------------------------- the stage
 
 
-@pytest.fixture(scope="session")
-def tiny_rm(tmp_path_factory, tiny_base):
-    """The tiny run through the reward model (SFT, sampling, ranking, RM), made once for these tests."""
-    run = tmp_path_factory.mktemp("ppo") / "run"
-    shutil.copytree(tiny_base, run, ignore=top_level(tiny_base, "sft", "eval"))
-    for stage in ("sft", "sample", "rank", "reward"):
-        cli(stage, "--run", str(run))
-    return run
-
-
 @pytest.fixture
 def rm_copy(tiny_rm, tmp_path):
     def make(name):

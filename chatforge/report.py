@@ -1,0 +1,196 @@
+"""report.html: one self-contained page of what every stage of a run did -> runs/<name>/report.html.
+
+Everything on it is read back from the run directory (recipe.yaml, each stage's metrics.jsonl and
+summary.json, eval/*.json), so `chatforge report --run runs/NAME` re-renders it at any time and a
+stage that has not run yet is simply missing from it. Plots are PNGs made with matplotlib and
+inlined as data URIs: the page fetches nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+
+from chatforge.errors import UserError
+from chatforge.io import atomic_write_text
+from chatforge.train.loop import read_metrics
+
+EVAL_STAGES = ("base", "sft", "ppo")
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _figure(width=5.0, height=3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=90)
+
+
+def loss_plots(run_dir: Path) -> list[tuple[str, str]]:
+    """(title, PNG data URI) of each trained stage's curves."""
+    plots = []
+    curves = [
+        ("base", "pretraining: next-token loss", "loss", [("val/mean", "held-out (mean of sources)")]),
+        ("sft", "SFT: assistant-token loss", "loss", [("val/loss", "held-out dialogues"), ("replay_loss", "replayed corpus")]),
+        ("reward", "reward model: ranking loss", "loss", [("val/accuracy", "held-out pairwise accuracy")]),
+    ]
+    for stage, title, key, extra in curves:
+        records = read_metrics(run_dir / stage / "metrics.jsonl")
+        if not records:
+            continue
+        fig, ax = _figure()
+        ax.plot([r["step"] for r in records], [r[key] for r in records], lw=1, label="training")
+        for extra_key, label in extra:
+            points = [(r["step"], r[extra_key]) for r in records if extra_key in r]
+            if points:
+                ax.plot(*zip(*points), "o-" if len(points) < 40 else "-", ms=3, lw=1, label=label)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots.append((title, _png(fig)))
+    records = read_metrics(run_dir / "ppo" / "metrics.jsonl")
+    if records:
+        fig, ax = _figure()
+        steps = [r["step"] for r in records]
+        ax.plot(steps, [r["reward/rm"] for r in records], label="RM reward")
+        if all("reward/gold" in r for r in records):
+            ax.plot(steps, [r["reward/gold"] for r in records], label="gold reward")
+        ax.plot(steps, [r["kl"] for r in records], "--", label="KL to SFT (nats)")
+        ax.set_xlabel("iteration")
+        ax.set_title("PPO: rewards and KL per iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots.append(("PPO: rewards and KL per iteration", _png(fig)))
+    return plots
+
+
+def reward_plot(rm: dict) -> str:
+    fig, ax = _figure(4.5, 3.0)
+    cats = list(rm["pairwise_accuracy"])
+    ax.bar(cats, [rm["pairwise_accuracy"][c] for c in cats], color="tab:blue")
+    ax.axhline(0.5, color="grey", lw=1, ls=":")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("pairwise accuracy vs gold")
+    ax.set_title("reward model, held-out users")
+    return _png(fig)
+
+
+def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='{cls}'><tr>{head}</tr>{body}</table>"
+
+
+def stage_table(run_dir: Path) -> str:
+    rows = []
+    for stage in ("base", "sft", "reward", "ppo"):
+        summary = _json(run_dir / stage / "summary.json")
+        if summary is None:
+            continue
+        steps = summary.get("steps", summary.get("iterations"))
+        seconds = summary.get("train_seconds")
+        rows.append([stage, str(steps), f"{seconds:.0f} s" if seconds is not None else "-"])
+    return _table(["stage", "steps", "training time"], rows)
+
+
+def eval_table(results: list[dict]) -> str:
+    from chatforge.eval import comparison_rows
+
+    rows = [[html.escape(label)] + cells for label, cells in comparison_rows(results)]
+    return _table(["metric"] + [r["stage"] for r in results], rows)
+
+
+def answers_side_by_side(results: list[dict]) -> str:
+    """The held-out prompts every evaluated stage answered, their answers in columns, with gold scores."""
+    by_stage = {r["stage"]: {e["id"]: e for e in r["qa"]["examples"]} for r in results}
+    ids = [i for i in by_stage[results[0]["stage"]] if all(i in s for s in by_stage.values())]
+    rows = []
+    for i in ids:
+        first = by_stage[results[0]["stage"]][i]
+        cells = [f"<span class=tag>{first['kind']} · {first['lang']}</span><br>{html.escape(first['question'])}"]
+        for r in results:
+            e = by_stage[r["stage"]][i]
+            cells.append(f"{html.escape(e['answer']) or '<i>(empty)</i>'}<br><span class=score>gold {e['gold_reward']:+.2f}</span>")
+        rows.append(cells)
+    return _table(["held-out prompt"] + [r["stage"] for r in results], rows, cls="answers")
+
+
+CSS = """
+body { font-family: system-ui, "Noto Sans CJK SC", "WenQuanYi Zen Hei", sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+td, th { border: 1px solid #ddd; padding: 0.35em 0.6em; vertical-align: top; text-align: left; }
+th { background: #f4f4f4; }
+table.answers { table-layout: fixed; width: 100%; }
+.plots img { max-width: 48%; margin: 0.3em; border: 1px solid #eee; }
+.tag { color: #777; font-size: 0.85em; } .score { color: #555; font-size: 0.85em; }
+.note { color: #555; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def render(run_dir: Path) -> Path:
+    """Write run_dir/report.html from what the run directory holds; returns its path."""
+    from chatforge.eval import format_vs_sft
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").exists():
+        raise UserError(f"{run_dir}: not a run directory (no recipe.yaml)")
+    results = [r for r in (_json(run_dir / "eval" / f"{s}.json") for s in EVAL_STAGES) if r]
+    rm = _json(run_dir / "eval" / "reward.json")
+    ppo = _json(run_dir / "ppo" / "summary.json")
+    parts = [f"<h1>chatforge run: {html.escape(run_dir.name)}</h1>",
+             f"<p class=note>{html.escape(str(run_dir))}, rendered {time.strftime('%Y-%m-%d %H:%M')}. "
+             "Every number below is measured on the run's held-out data; the gold judge stands in for people.</p>",
+             "<h2>Stages</h2>", stage_table(run_dir)]
+    if results:
+        parts += ["<h2>Evaluation of each model</h2>",
+                  "<p class=note>Greedy answers to held-out users' prompts, scored by the gold judge; fact completion of "
+                  "every fact's stem; held-out corpus loss (the alignment tax).</p>", eval_table(results)]
+        if "vs_sft" in results[-1]:
+            parts += ["<h2>PPO against SFT</h2>", f"<pre>{html.escape(format_vs_sft(results[-1]['vs_sft']))}</pre>"]
+    if ppo and ppo.get("overoptimised"):
+        parts.append(f"<p><b>Over-optimisation:</b> {html.escape(ppo['overoptimised'])}</p>")
+    if rm:
+        acc = ", ".join(f"{k} {v:.1%}" for k, v in rm["pairwise_accuracy"].items())
+        parts += ["<h2>Reward model</h2>",
+                  f"<p>Pairwise accuracy against the gold judge on {rm['heldout_prompts']} held-out prompts: {acc}; "
+                  f"Spearman {rm['spearman_gold']:+.3f}; annotators agree with gold {rm['annotator_agreement']:.1%}.</p>",
+                  f"<div class=plots><img alt='reward model accuracy per category' src='{reward_plot(rm)}'></div>"]
+    plots = loss_plots(run_dir)
+    if (run_dir / "ppo" / "overoptimisation.png").exists():
+        data = base64.b64encode((run_dir / "ppo" / "overoptimisation.png").read_bytes()).decode()
+        plots.append(("PPO: proxy and gold reward against KL", "data:image/png;base64," + data))
+    if plots:
+        parts += ["<h2>Training curves</h2><div class=plots>"]
+        parts += [f"<img alt='{html.escape(t)}' title='{html.escape(t)}' src='{uri}'>" for t, uri in plots]
+        parts.append("</div>")
+    if len(results) > 1:
+        parts += ["<h2>The same held-out prompts, answered by each model</h2>", answers_side_by_side(results)]
+    recipe = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
+    parts += ["<h2>Recipe</h2><details><summary>recipe.yaml</summary>", f"<pre>{html.escape(recipe)}</pre></details>"]
+    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>chatforge report: "
+            f"{html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    out = run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
