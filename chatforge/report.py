@@ -140,7 +140,7 @@ body { font-family: system-ui, "Noto Sans CJK SC", "WenQuanYi Zen Hei", sans-ser
        color: #222; padding: 0 1em; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-td, th { border: 1px solid #ddd; padding: 0.35em 0.6em; vertical-align: top; text-align: left; }
+td, th { border: 1px solid #ddd; padding: 0.35em 0.6em; vertical-align: top; text-align: left; overflow-wrap: anywhere; }
 th { background: #f4f4f4; }
 table.answers { table-layout: fixed; width: 100%; }
 .plots img { max-width: 48%; margin: 0.3em; border: 1px solid #eee; }
