@@ -144,6 +144,7 @@ td, th { border: 1px solid #ddd; padding: 0.35em 0.6em; vertical-align: top; tex
 th { background: #f4f4f4; }
 table.answers { table-layout: fixed; width: 100%; }
 .plots img { max-width: 48%; margin: 0.3em; border: 1px solid #eee; }
+.plots img.wide { max-width: 97%; }
 .tag { color: #777; font-size: 0.85em; } .score { color: #555; font-size: 0.85em; }
 .note { color: #555; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
@@ -183,7 +184,9 @@ def render(run_dir: Path) -> Path:
         plots.append(("PPO: proxy and gold reward against KL", "data:image/png;base64," + data))
     if plots:
         parts += ["<h2>Training curves</h2><div class=plots>"]
-        parts += [f"<img alt='{html.escape(t)}' title='{html.escape(t)}' src='{uri}'>" for t, uri in plots]
+        # the over-optimisation plot has two panels of its own: a full row
+        parts += [f"<img alt='{html.escape(t)}' title='{html.escape(t)}' src='{uri}'"
+                  f"{' class=wide' if t.endswith('against KL') else ''}>" for t, uri in plots]
         parts.append("</div>")
     if len(results) > 1:
         parts += ["<h2>The same held-out prompts, answered by each model</h2>", answers_side_by_side(results)]
