@@ -83,18 +83,17 @@ def run_all(run_dir: Path, recipe: Recipe):
     from chatforge.train import ppo, pretrain, reward, sft
 
     t0 = time.time()
-    if dist.get().is_main:
-        stage_world(run_dir, recipe)
-        stage_tokenizer(run_dir, recipe)
-    dist.barrier()
-    pretrain.run(run_dir, recipe)
-    sft.run(run_dir, recipe)
-    if dist.get().is_main:
-        feedback.sample(run_dir, recipe)
-        feedback.rank(run_dir, recipe)
-    dist.barrier()
-    reward.run(run_dir, recipe)
-    ppo.run(run_dir, recipe)
+    # (name, what runs it, whether rank 0 alone does it); the training stages run on every process
+    plan = [("world", stage_world, True), ("tokenizer", stage_tokenizer, True), ("pretrain", pretrain.run, False),
+            ("sft", sft.run, False), ("sample", feedback.sample, True), ("rank", feedback.rank, True),
+            ("reward", reward.run, False), ("ppo", ppo.run, False)]
+    for i, (name, stage, main_only) in enumerate(plan, 1):
+        dist.print0(f"\n== [{i}/{len(STAGES)}] {name} (run time so far {_clock(time.time() - t0)})")
+        if dist.get().is_main or not main_only:
+            stage(run_dir, recipe)
+        dist.barrier()
+    dist.print0(f"\n== [{len(plan) + 1}/{len(STAGES)}] eval, [{len(STAGES)}/{len(STAGES)}] report "
+                f"(run time so far {_clock(time.time() - t0)})")
     if dist.get().is_main:
         results = [_eval_once(run_dir, stage) for stage in ("base", "sft", "ppo")]
         rm = _eval_once(run_dir, "reward")
@@ -110,6 +109,10 @@ def run_all(run_dir: Path, recipe: Recipe):
               f"Talk to it:  .venv/bin/chatforge chat {chat_dir}\n"
               f"or serve it (OpenAI API + web page):  .venv/bin/chatforge serve {chat_dir}")
     dist.barrier()
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
 def _eval_once(run_dir: Path, stage: str) -> dict:
