@@ -142,7 +142,7 @@ class SFTConfig:
 class RewardConfig:
     """Sampling K answers (`chatforge sample`), ranking them (`chatforge rank`), the reward model (`chatforge reward`)."""
 
-    k: int = 6  # answers the SFT model samples per ranking prompt (InstructGPT: 4 to 9); 4 gave a weaker RM here
+    k: int = 4  # answers the SFT model samples per ranking prompt (InstructGPT: 4 to 9)
     temperature: float = 1.0  # sampling temperature for the K answers
     top_p: float = 0.95
     max_new_tokens: int = 48  # longest sampled answer
