@@ -191,3 +191,24 @@ def serve_in_thread(app):
         time.sleep(0.02)
     assert server.started, "the server did not start"
     return server, thread, f"http://127.0.0.1:{port}"
+
+
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright; skips, saying why, where there is none."""
+    from playwright.sync_api import Error, sync_playwright
+
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if path is None:
+        pytest.skip("no Chromium: install Debian's chromium package (.ci/run does)")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        except Error as e:
+            pytest.skip(f"Playwright cannot launch {path}: {str(e).splitlines()[0]}")
+        yield b
+        b.close()

@@ -11,8 +11,6 @@ from conftest import cli, top_level
 
 pytestmark = pytest.mark.slow
 STAGES = ("base", "sft", "reward", "ppo")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -39,27 +37,17 @@ def test_report_names_every_stage_and_needs_nothing_else(report):
     assert page.count("<tr>") > 20  # metrics rows and the held-out prompts side by side
 
 
-def test_report_renders_in_chromium(report, tmp_path):
-    from playwright.sync_api import Error, sync_playwright
-
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if path is None:
-        pytest.skip("no Chromium: install Debian's chromium package (.ci/run does)")
-    with sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=path, args=ARGS)
-        except Error as e:
-            pytest.skip(f"Playwright cannot launch {path}: {str(e).splitlines()[0]}")
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors, requests = [], []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(report.as_uri())
-        shot = tmp_path / "report.png"
-        page.screenshot(path=str(shot), full_page=True)
-        images = page.eval_on_selector_all("img", "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().height])")
-        height = page.evaluate("document.body.scrollHeight")
-        browser.close()
+def test_report_renders_in_chromium(report, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(report.as_uri())
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    images = page.eval_on_selector_all("img", "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().height])")
+    height = page.evaluate("document.body.scrollHeight")
+    page.close()
     assert not errors, errors
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert images and all(w > 100 and h > 50 for w, h in images), images  # every plot decoded and shown

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
@@ -24,9 +22,6 @@ from chatforge.serve.engine import Engine
 
 API_KEY = "web-key"
 MAX_TOKENS = 12  # set in the page's settings; the API is asked with the same
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 
 
@@ -41,22 +36,6 @@ def server(chat_model):
     srv.should_exit = True
     thread.join(timeout=10)
     engine.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import Error, sync_playwright
-
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if path is None:
-        pytest.skip("no Chromium: install Debian's chromium package (.ci/run does)")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=path, args=ARGS)
-        except Error as e:
-            pytest.skip(f"Playwright cannot launch {path}: {str(e).splitlines()[0]}")
-        yield b
-        b.close()
 
 
 def api_answer(url, messages):
