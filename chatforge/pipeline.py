@@ -64,7 +64,12 @@ def stage_tokenizer(run_dir: Path, recipe: Recipe):
 
 
 def stage_eval(run_dir: Path, stage: str = "base", quiet: bool = False) -> dict:
-    from chatforge.eval import evaluate_stage, format_reward_table, format_table, reward_eval
+    from chatforge.eval import (
+        evaluate_stage,
+        format_reward_table,
+        format_table,
+        reward_eval,
+    )
 
     if stage == "reward":
         result = reward_eval(run_dir)
@@ -79,7 +84,9 @@ def stage_eval(run_dir: Path, stage: str = "base", quiet: bool = False) -> dict:
 
 def run_all(run_dir: Path, recipe: Recipe):
     from chatforge import feedback
+    from chatforge.eta import StageClock, clock, expected_seconds
     from chatforge.eval import format_comparison, format_reward_table, format_vs_sft
+    from chatforge.perf import matmul_ceiling
     from chatforge.train import ppo, pretrain, reward, sft
 
     t0 = time.time()
@@ -87,13 +94,13 @@ def run_all(run_dir: Path, recipe: Recipe):
     plan = [("world", stage_world, True), ("tokenizer", stage_tokenizer, True), ("pretrain", pretrain.run, False),
             ("sft", sft.run, False), ("sample", feedback.sample, True), ("rank", feedback.rank, True),
             ("reward", reward.run, False), ("ppo", ppo.run, False)]
+    timer = StageClock(expected_seconds(recipe, matmul_ceiling(dist.get().device)), skip=_complete(run_dir))
     for i, (name, stage, main_only) in enumerate(plan, 1):
-        dist.print0(f"\n== [{i}/{len(STAGES)}] {name} (run time so far {_clock(time.time() - t0)})")
+        dist.print0(f"\n== [{i}/{len(STAGES)}] {name} ({timer.start(name, time.time(), t0)})")
         if dist.get().is_main or not main_only:
             stage(run_dir, recipe)
         dist.barrier()
-    dist.print0(f"\n== [{len(plan) + 1}/{len(STAGES)}] eval, [{len(STAGES)}/{len(STAGES)}] report "
-                f"(run time so far {_clock(time.time() - t0)})")
+    dist.print0(f"\n== [{len(plan) + 1}/{len(STAGES)}] eval ({timer.start('eval', time.time(), t0)})")
     if dist.get().is_main:
         results = [_eval_once(run_dir, stage) for stage in ("base", "sft", "ppo")]
         rm = _eval_once(run_dir, "reward")
@@ -102,23 +109,41 @@ def run_all(run_dir: Path, recipe: Recipe):
         print("\n" + format_reward_table(rm))
         from chatforge.report import render
 
+        print(f"\n== [{len(STAGES)}/{len(STAGES)}] report ({timer.start('report', time.time(), t0)})")
+        report = render(run_dir)
         chat_dir = Path(run_dir) / "ppo"
-        print(f"\nrun: {run_dir} done in {time.time() - t0:.0f}s: world -> tokenizer -> pretrain -> sft -> sample -> rank "
-              f"-> reward -> ppo -> eval.\n"
-              f"The report: {render(run_dir)}\n"
+        print(f"\nrun: {run_dir} done in {clock(time.time() - t0)}: world -> tokenizer -> pretrain -> sft -> sample "
+              f"-> rank -> reward -> ppo -> eval.\n"
+              f"The report: {report}\n"
               f"Talk to it:  .venv/bin/chatforge chat {chat_dir}\n"
               f"or serve it (OpenAI API + web page):  .venv/bin/chatforge serve {chat_dir}")
     dist.barrier()
 
 
-def _clock(seconds: float) -> str:
-    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+def _complete(run_dir: Path) -> set[str]:
+    """The stages whose output is already complete (they will skip), for the expected time of the rest."""
+    from chatforge import feedback
+    from chatforge.train import ppo, pretrain, reward, sft
+
+    run_dir = Path(run_dir)
+    manifest = run_dir / "data" / "world.json"
+    done = {"world": manifest.exists() and json.loads(manifest.read_text()).get("complete", False),
+            "tokenizer": (run_dir / "tokenizer" / "tokenizer.json").exists(),
+            "pretrain": pretrain.is_complete(run_dir), "sft": sft.is_complete(run_dir),
+            "sample": feedback.samples_path(run_dir).exists(), "rank": feedback.rankings_path(run_dir).exists(),
+            "reward": reward.is_complete(run_dir), "ppo": ppo.is_complete(run_dir),
+            "eval": all(_eval_is_current(run_dir, stage) for stage in ("base", "sft", "ppo", "reward"))}
+    return {stage for stage, complete in done.items() if complete}
+
+
+def _eval_is_current(run_dir: Path, stage: str) -> bool:
+    path = Path(run_dir) / "eval" / f"{stage}.json"
+    model_file = Path(run_dir) / stage / "model.safetensors"
+    return path.exists() and model_file.exists() and path.stat().st_mtime >= model_file.stat().st_mtime
 
 
 def _eval_once(run_dir: Path, stage: str) -> dict:
     """A stage's eval, computed once: a model that has not changed since is not evaluated again."""
-    path = Path(run_dir) / "eval" / f"{stage}.json"
-    model_file = Path(run_dir) / stage / "model.safetensors"
-    if path.exists() and path.stat().st_mtime >= model_file.stat().st_mtime:
-        return json.loads(path.read_text())
+    if _eval_is_current(run_dir, stage):
+        return json.loads((Path(run_dir) / "eval" / f"{stage}.json").read_text())
     return stage_eval(run_dir, stage, quiet=True)  # run_all prints the tables side by side

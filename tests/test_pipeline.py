@@ -1,36 +1,86 @@
-"""`chatforge run` on the tiny recipe: the whole pipeline, killed in the middle and resumed, against an
-uninterrupted run of the same seed; every stage's directory loads in `transformers`; a finished run
-trains nothing and only re-renders the report."""
+"""`chatforge run` on the tiny recipe: the whole pipeline, stopped once in every stage (SIGINT and kill -9
+by turns) and run again each time, against an uninterrupted run of the same seed; every stage's directory
+loads in `transformers`; a finished run trains nothing and only re-renders the report."""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, cli, kill_at_first_checkpoint
+from conftest import RECIPES, cli
+
+from chatforge.pipeline import STAGES
 
 pytestmark = pytest.mark.slow
 TRAINED = ("base", "sft", "reward", "ppo")
+# A training stage is stopped once its first checkpoint is on disk, so that the next run resumes it mid-way.
+CHECKPOINTED = {"pretrain": "base", "sft": "sft", "reward": "reward", "ppo": "ppo"}
 
 
 def _run(run: Path):
     return cli("run", "--run", str(run), "--recipe", str(RECIPES / "tiny.yaml"))
 
 
+def _stop_in(run: Path, stage: str, sig: signal.Signals) -> tuple[int, str]:
+    """Start `chatforge run`, send `sig` as soon as `stage` has begun (a training stage: once it has saved a
+    checkpoint); return the exit code and the output."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "chatforge.cli", "run", "--run", str(run), "--recipe",
+                             str(RECIPES / "tiny.yaml")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, begun = [], threading.Event()
+
+    def read():  # drain the pipe all along, or a chatty stage would block on it
+        for line in proc.stdout:
+            lines.append(line)
+            if re.match(rf"== \[\d+/\d+\] {stage} \(", line):
+                begun.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while not begun.is_set() and proc.poll() is None:
+        time.sleep(0.01)
+    if stage in CHECKPOINTED:
+        latest = run / CHECKPOINTED[stage] / "checkpoints" / "LATEST"
+        deadline = time.time() + 60
+        while proc.poll() is None and time.time() < deadline and not latest.exists():
+            time.sleep(0.01)
+    proc.send_signal(sig)  # a no-op if the run has already ended
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    return proc.returncode, "".join(lines)
+
+
 def _eval(run: Path, stage: str) -> dict:
     return json.loads((run / "eval" / f"{stage}.json").read_text())
 
 
-def test_tiny_pipeline_resumes_after_a_kill_and_matches_an_uninterrupted_run(tmp_path):
+def test_tiny_pipeline_stopped_in_every_stage_matches_an_uninterrupted_run(tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    step = kill_at_first_checkpoint(killed / "sft", "run", "--run", str(killed), "--recipe", str(RECIPES / "tiny.yaml"))
-    assert step >= 1 and (killed / "base" / "summary.json").exists() and not (killed / "ppo").exists()
-    out = _run(killed)
-    assert "pretrain: " in out.stdout and "complete, skipping" in out.stdout  # world, tokenizer, pretrain were done
-    assert f"resuming from step {step}" in out.stdout + out.stderr
+    outputs = []
+    for i, stage in enumerate(STAGES):
+        sig = signal.SIGINT if i % 2 == 0 else signal.SIGKILL
+        code, out = _stop_in(killed, stage, sig)
+        outputs.append(out)
+        headers = re.findall(r"== \[\d+/\d+\] (\w+) \(", out)
+        assert headers and headers[-1] == stage, f"{stage}: not stopped in this stage:\n{out[-3000:]}"
+        if sig == signal.SIGINT and code != 0:  # 0: the stage had ended before the signal came
+            assert code == 130 and "interrupted; run the same command again to resume" in out, (stage, code, out[-3000:])
+        if sig == signal.SIGKILL:
+            assert code in (0, -signal.SIGKILL), (stage, code)
+        if stage in CHECKPOINTED:  # stopped mid-way: the next run resumes it from its checkpoint
+            assert code != 0 and not (killed / CHECKPOINTED[stage] / "summary.json").exists(), stage
+    # Each training stage, stopped after its first checkpoint, was resumed from it by the next run.
+    resumed = "".join(outputs) + _run(killed).stdout
+    for stage in CHECKPOINTED:
+        assert re.search(rf"{stage}: resuming from (step|iteration) [1-9]", resumed), stage
     _run(clean)
 
     for stage in ("base", "sft", "ppo"):

@@ -100,6 +100,30 @@ def test_laptop_recipe_is_the_default():
     assert load_recipe(path) == Recipe()
 
 
+def test_every_recipe_loads_and_the_gpu_recipe_is_bigger():
+    """The README's recipes all load; the single-GPU one is the laptop one scaled up, for a CUDA device."""
+    from chatforge.eta import expected_seconds
+
+    recipes = {p.stem: load_recipe(p) for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")}
+    assert set(recipes) == {"laptop", "tiny", "gpu"}
+    laptop, gpu = recipes["laptop"], recipes["gpu"]
+    assert gpu.model.d_model > laptop.model.d_model and gpu.pretrain.steps > laptop.pretrain.steps
+    assert gpu.pretrain.dtype == "auto" and gpu.pretrain.compile  # bf16 autocast and torch.compile on CUDA
+    times = {name: sum(expected_seconds(r, 2e11).values()) for name, r in recipes.items()}
+    assert times["tiny"] < times["laptop"] < times["gpu"]
+
+
+def test_stage_clock_scales_the_rest_by_the_finished_stages():
+    from chatforge.eta import StageClock
+
+    clock = StageClock({"a": 100.0, "b": 5.0, "c": 200.0}, skip={"b"})
+    assert clock.start("a", now=0.0, run_started=0.0).endswith("a ~1:40, the whole run ~5:00")
+    # "a" took twice its estimate: the rest is expected to take twice as long as estimated too
+    line = clock.start("b", now=200.0, run_started=0.0)
+    assert "run time so far 3:20" in line and "b ~0:00" in line and line.endswith("the whole run ~10:00")
+    assert clock.start("c", now=201.0, run_started=0.0).endswith("c ~6:40, the whole run ~10:01")
+
+
 @pytest.mark.parametrize("out,value,ok", [
     (" Paris.", "Paris", True), ("Paris", "Paris", True), (" Parisville", "Paris", False),
     ("北京。", "北京", True), (" 8849米", "8849米", True), (" 88490 metres", "8849", False), (" Rome", "Paris", False),

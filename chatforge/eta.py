@@ -1,0 +1,101 @@
+"""How long each stage of a recipe should take on this machine: a rough cost model, corrected as the run goes.
+
+Each stage's work is counted in model FLOPs (2 per matmul parameter per token for a forward pass, 6 to
+train) and divided by what such work reaches here: the fp32 matmul ceiling, measured when the run starts,
+times the share of it that the laptop recipe's stages reached on 2 CPU cores. Loading, compiling and
+judging do not grow with the FLOPs: they are a few fixed seconds per stage. Once stages have run, the
+estimate of the rest is scaled by how far their measured times were from their estimates, so the
+expected total settles as the run goes (on a GPU, where sampling is slow for its FLOPs, it starts far off
+and settles after the first stages).
+"""
+
+from __future__ import annotations
+
+from chatforge.config import Recipe
+
+# Shares of the fp32 matmul ceiling, fitted to the laptop recipe's stage times (2 CPU cores).
+TRAIN_SHARE = 0.42  # a training step of the laptop model: large batched matmuls
+SAMPLE_SHARE = 0.065  # token-by-token sampling with a KV cache: small matmuls, Python per token
+# Seconds per stage that do not grow with the model's FLOPs: loading, saving, the judge; and torch.compile.
+FIXED = {"world": 1, "tokenizer": 1, "pretrain": 5, "sft": 5, "sample": 3, "rank": 1, "reward": 3, "ppo": 5,
+         "eval": 3, "report": 2}
+COMPILE = 26
+
+
+def forward_flops_per_token(recipe: Recipe, context: int) -> float:
+    """2 FLOPs per matmul parameter (attention projections, MLP, unembedding) plus the attention scores and
+    values over `context` tokens, for one token's forward pass."""
+    m = recipe.model
+    head = m.d_model // m.n_heads
+    per_layer = 2 * m.d_model * m.d_model + 2 * m.d_model * head * m.n_kv_heads + 3 * m.d_model * m.d_ff
+    params = m.n_layers * per_layer + m.d_model * recipe.tokenizer.vocab_size
+    return 2 * params + 4 * m.n_layers * m.d_model * context
+
+
+def stage_flops(recipe: Recipe, stage: str) -> tuple[float, float]:
+    """(training FLOPs, sampling FLOPs) of one stage of `recipe` on the built-in world."""
+    w, p, s, r, o = recipe.world, recipe.pretrain, recipe.sft, recipe.reward, recipe.ppo
+
+    def fwd(context: int) -> float:
+        return forward_flops_per_token(recipe, context)
+
+    if stage == "pretrain":
+        return 3 * fwd(p.seq_len) * p.steps * p.batch_size * p.seq_len, 0.0
+    if stage == "sft":
+        # a dialogue row is padded to the longest of its batch, ~3/4 of max_len; replay rows are full windows
+        tokens = s.batch_size * ((1 - s.replay) * s.max_len * 3 / 4 + s.replay * s.replay_len)
+        return 3 * fwd(s.max_len) * s.steps * tokens, 0.0
+    if stage == "sample":
+        return 0.0, fwd(r.max_new_tokens) * w.num_rank_prompts * r.k * r.max_new_tokens
+    if stage == "reward":
+        answers = r.epochs * (1 - r.heldout_users) * w.num_rank_prompts * r.k
+        return 3 * fwd(r.max_len) * answers * r.max_len / 2, 0.0
+    if stage == "ppo":
+        length = 2 * o.max_new_tokens  # prompt and answer
+        per_episode = 3 * fwd(length) * length * (1 + 2 * o.ppo_epochs)  # 3 no-grad forwards, 2 models trained
+        ptx = 3 * fwd(o.ptx_len) * o.ppo_epochs * o.minibatches * o.ptx_batch_size * o.ptx_len * (o.ptx_coef > 0)
+        return o.iterations * (o.batch_size * per_episode + ptx), o.iterations * o.batch_size * fwd(length) * o.max_new_tokens
+    if stage == "eval":  # base, SFT and PPO answer every eval prompt; PPO samples once more for its KL to SFT
+        return 0.0, 4 * fwd(48) * w.num_eval_prompts * 48
+    return 0.0, 0.0
+
+
+def expected_seconds(recipe: Recipe, ceiling: float) -> dict[str, float]:
+    """Stage -> expected seconds on a machine whose fp32 matmul ceiling is `ceiling` FLOP/s."""
+    out = {}
+    for stage, fixed in FIXED.items():
+        train, sample = stage_flops(recipe, stage)
+        compiled = (stage == "pretrain" and recipe.pretrain.compile) or (stage == "sft" and recipe.sft.compile)
+        out[stage] = fixed + COMPILE * compiled + train / (TRAIN_SHARE * ceiling) + sample / (SAMPLE_SHARE * ceiling)
+    return out
+
+
+class StageClock:
+    """The run's progress line: which stage, the time so far, and the expected time of this stage and of the
+    whole run, the estimates of what is left scaled by how the finished stages compared with theirs."""
+
+    def __init__(self, expected: dict[str, float], skip: set[str] = frozenset()):
+        self.expected = {s: (0.0 if s in skip else t) for s, t in expected.items()}
+        self.done: dict[str, float] = {}  # stage -> seconds it took
+        self.current: str | None = None
+        self.started = 0.0
+
+    def scale(self) -> float:
+        """Measured over expected time of the finished stages that did real work (at least 10 s expected)."""
+        pairs = [(t, self.expected[s]) for s, t in self.done.items() if self.expected[s] >= 10]
+        return sum(t for t, _ in pairs) / sum(e for _, e in pairs) if pairs else 1.0
+
+    def start(self, stage: str, now: float, run_started: float) -> str:
+        if self.current is not None:
+            self.done[self.current] = now - self.started
+        self.current, self.started = stage, now
+        scale = self.scale()
+        left = sum(t for s, t in self.expected.items() if s not in self.done) * scale
+        this = self.expected[stage] * scale
+        so_far = now - run_started
+        return f"run time so far {clock(so_far)}; expected: {stage} ~{clock(this)}, the whole run ~{clock(so_far + left)}"
+
+
+def clock(seconds: float) -> str:
+    """m:ss"""
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
