@@ -142,6 +142,10 @@ def theirs(args, run: Path) -> dict:
            str(args.response_length), "--ppo-epochs", str(args.ppo_epochs), "--minibatches", str(args.minibatches),
            "--iterations", str(args.iterations), "--prompt-length", str(args.prompt_length),
            "--threads", str(torch.get_num_threads())]
+    c = json.loads((run / "sft" / "config.json").read_text())  # the same model size on both sides: ours
+    cmd += ["--vocab", str(c["vocab_size"]), "--hidden", str(c["hidden_size"]), "--layers", str(c["num_hidden_layers"]),
+            "--heads", str(c["num_attention_heads"]), "--kv-heads", str(c["num_key_value_heads"]),
+            "--intermediate", str(c["intermediate_size"]), "--max-positions", str(c["max_position_embeddings"])]
     if args.workload == "world":
         cmd += ["--run", str(run), "--prompts-file", args.prompts_file]
     proc = subprocess.run(cmd, capture_output=True, text=True)

