@@ -31,8 +31,11 @@ def _run(run: Path):
 def _stop_in(run: Path, stage: str, sig: signal.Signals) -> tuple[int, str]:
     """Start `chatforge run`, send `sig` as soon as `stage` has begun (a training stage: once it has saved a
     checkpoint); return the exit code and the output."""
+    # Ctrl-C in a terminal: SIGINT as the default, which a test runner started in the background would
+    # otherwise pass down as ignored (and Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen([sys.executable, "-u", "-m", "chatforge.cli", "run", "--run", str(run), "--recipe",
-                             str(RECIPES / "tiny.yaml")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             str(RECIPES / "tiny.yaml")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, begun = [], threading.Event()
 
     def read():  # drain the pipe all along, or a chatty stage would block on it
