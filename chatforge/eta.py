@@ -86,6 +86,7 @@ class StageClock:
         return sum(t for t, _ in pairs) / sum(e for _, e in pairs) if pairs else 1.0
 
     def start(self, stage: str, now: float, run_started: float) -> str:
+        """Mark `stage` begun at `now` (the one before it ended then); return its progress line."""
         if self.current is not None:
             self.done[self.current] = now - self.started
         self.current, self.started = stage, now
