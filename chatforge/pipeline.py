@@ -18,14 +18,22 @@ def stage_world(run_dir: Path, recipe: Recipe) -> dict:
     from chatforge.world import build_world
 
     data_dir = Path(run_dir) / "data"
-    manifest = data_dir / "world.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+    if world_is_complete(run_dir):
         print(f"world: {data_dir} is complete, skipping")
-        return json.loads(manifest.read_text())
+        return json.loads((data_dir / "world.json").read_text())
     t0 = time.time()
     result = build_world(recipe.world, data_dir)
     print(f"world: wrote {data_dir} in {time.time() - t0:.1f}s: " + json.dumps(result.get("counts", {}), ensure_ascii=False)[:400])
     return result
+
+
+def world_is_complete(run_dir: Path) -> bool:
+    manifest = Path(run_dir) / "data" / "world.json"
+    return manifest.exists() and bool(json.loads(manifest.read_text()).get("complete"))
+
+
+def tokenizer_is_complete(run_dir: Path) -> bool:
+    return (Path(run_dir) / "tokenizer" / "tokenizer.json").exists()
 
 
 def tokenizer_texts(run_dir: Path):
@@ -51,7 +59,7 @@ def stage_tokenizer(run_dir: Path, recipe: Recipe):
     from chatforge.tokenizer import load_tokenizer, train_tokenizer
 
     out = Path(run_dir) / "tokenizer"
-    if (out / "tokenizer.json").exists():
+    if tokenizer_is_complete(run_dir):
         print(f"tokenizer: {out} is complete, skipping")
         return load_tokenizer(out)
     t0 = time.time()
@@ -64,12 +72,7 @@ def stage_tokenizer(run_dir: Path, recipe: Recipe):
 
 
 def stage_eval(run_dir: Path, stage: str = "base", quiet: bool = False) -> dict:
-    from chatforge.eval import (
-        evaluate_stage,
-        format_reward_table,
-        format_table,
-        reward_eval,
-    )
+    from chatforge.eval import evaluate_stage, format_reward_table, format_table, reward_eval
 
     if stage == "reward":
         result = reward_eval(run_dir)
@@ -125,10 +128,7 @@ def _complete(run_dir: Path) -> set[str]:
     from chatforge import feedback
     from chatforge.train import ppo, pretrain, reward, sft
 
-    run_dir = Path(run_dir)
-    manifest = run_dir / "data" / "world.json"
-    done = {"world": manifest.exists() and json.loads(manifest.read_text()).get("complete", False),
-            "tokenizer": (run_dir / "tokenizer" / "tokenizer.json").exists(),
+    done = {"world": world_is_complete(run_dir), "tokenizer": tokenizer_is_complete(run_dir),
             "pretrain": pretrain.is_complete(run_dir), "sft": sft.is_complete(run_dir),
             "sample": feedback.samples_path(run_dir).exists(), "rank": feedback.rankings_path(run_dir).exists(),
             "reward": reward.is_complete(run_dir), "ppo": ppo.is_complete(run_dir),
