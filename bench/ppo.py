@@ -35,18 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def matmul_ceiling(n: int = 1024, repeats: int = 5) -> float:
-    """fp32 FLOP/s of a square matmul on this machine, now (median of repeats)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
-
-
 def _fresh_run(folder: Path) -> Path:
     """A run with the laptop world's tokenizer and untrained laptop-size policy and reward models."""
     from transformers import LlamaForSequenceClassification
@@ -170,6 +158,8 @@ def main():
                          "world: the run's own models and PPO prompts, answers that end when the policy ends them")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    from chatforge.perf import matmul_ceiling
+
     load_before = os.getloadavg()[0]
     ceiling = matmul_ceiling()
     run = Path(args.run)

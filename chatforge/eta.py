@@ -24,7 +24,8 @@ COMPILE = 26
 
 def forward_flops_per_token(recipe: Recipe, context: int) -> float:
     """2 FLOPs per matmul parameter (attention projections, MLP, unembedding) plus the attention scores and
-    values over `context` tokens, for one token's forward pass."""
+    values over `context` tokens, for one token's forward pass: a third of `model.train_flops_per_token`,
+    counted from the recipe alone, before any model is built."""
     m = recipe.model
     head = m.d_model // m.n_heads
     per_layer = 2 * m.d_model * m.d_model + 2 * m.d_model * head * m.n_kv_heads + 3 * m.d_model * m.d_ff

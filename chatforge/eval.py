@@ -83,10 +83,10 @@ QA_METRICS = {
 def answer_prompts(model, tokenizer, records: list[dict], max_new_tokens: int = 48, batch_size: int = 48):
     """Greedy answers to chat prompts: [(text, finished)], in the order of `records`."""
     from chatforge.generate import generate
-    from chatforge.tokenizer import IM_END, render_chat
+    from chatforge.tokenizer import answer_stop_ids, render_chat
 
     prompts = [render_chat(tokenizer, r["messages"], add_generation_prompt=True)[0] for r in records]
-    stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    stop_ids = answer_stop_ids(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
     answers: list = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -147,10 +147,10 @@ def kl_to(model, reference, tokenizer, records: list[dict], max_new_tokens: int 
     """KL(π || π_ref) in nats per answer: the mean over prompts of Σ_t log π(y_t) - log π_ref(y_t) for one answer
     per prompt sampled from π at temperature 1 (an unbiased estimate)."""
     from chatforge.generate import generate
-    from chatforge.tokenizer import IM_END, render_chat
+    from chatforge.tokenizer import answer_stop_ids, render_chat
     from chatforge.train.ppo import answer_logits, kl_k1, layout, token_logprobs
 
-    stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    stop_ids = answer_stop_ids(tokenizer)
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     for start in range(0, len(records), batch_size):

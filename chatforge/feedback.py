@@ -73,7 +73,7 @@ def sample(run_dir: Path, recipe: Recipe) -> Path:
     """K distinct sampled answers per prompt from the SFT model -> rankings/samples.jsonl."""
     from chatforge.generate import generate
     from chatforge.model import load_causal_lm
-    from chatforge.tokenizer import IM_END, load_tokenizer, render_chat
+    from chatforge.tokenizer import answer_stop_ids, load_tokenizer, render_chat
 
     run_dir, cfg = Path(run_dir), recipe.reward
     out = samples_path(run_dir)
@@ -85,7 +85,7 @@ def sample(run_dir: Path, recipe: Recipe) -> Path:
         raise UserError(f"{sft_dir}: no SFT model to sample from (run `chatforge sft --run {run_dir}` first)")
     prompts = load_prompts(run_dir, cfg)
     model, tokenizer = load_causal_lm(sft_dir).eval(), load_tokenizer(sft_dir)
-    stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    stop_ids = answer_stop_ids(tokenizer)
     limit = model.config.max_position_embeddings - cfg.max_new_tokens
     parts = out.parent / "samples.parts"
     parts.mkdir(parents=True, exist_ok=True)

@@ -178,15 +178,14 @@ def render(run_dir: Path) -> Path:
                   f"<p>Pairwise accuracy against the gold judge on {rm['heldout_prompts']} held-out prompts: {acc}; "
                   f"Spearman {rm['spearman_gold']:+.3f}; annotators agree with gold {rm['annotator_agreement']:.1%}.</p>",
                   f"<div class=plots><img alt='reward model accuracy per category' src='{reward_plot(rm)}'></div>"]
-    plots = loss_plots(run_dir)
+    plots = [(title, uri, "") for title, uri in loss_plots(run_dir)]
     if (run_dir / "ppo" / "overoptimisation.png").exists():
         data = base64.b64encode((run_dir / "ppo" / "overoptimisation.png").read_bytes()).decode()
-        plots.append(("PPO: proxy and gold reward against KL", "data:image/png;base64," + data))
+        # two panels of its own: a full row
+        plots.append(("PPO: proxy and gold reward against KL", "data:image/png;base64," + data, " class=wide"))
     if plots:
         parts += ["<h2>Training curves</h2><div class=plots>"]
-        # the over-optimisation plot has two panels of its own: a full row
-        parts += [f"<img alt='{html.escape(t)}' title='{html.escape(t)}' src='{uri}'"
-                  f"{' class=wide' if t.endswith('against KL') else ''}>" for t, uri in plots]
+        parts += [f"<img alt='{html.escape(t)}' title='{html.escape(t)}' src='{uri}'{cls}>" for t, uri, cls in plots]
         parts.append("</div>")
     if len(results) > 1:
         parts += ["<h2>The same held-out prompts, answered by each model</h2>", answers_side_by_side(results)]

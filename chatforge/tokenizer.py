@@ -105,6 +105,11 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def answer_stop_ids(tokenizer) -> list[int]:
+    """The tokens that end a sampled answer: <|im_end|>, and <|endoftext|> from a model that never learnt it."""
+    return [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+
+
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
     """The one place a conversation becomes (ids, loss_mask): mask 1 on assistant answers and their <|im_end|>."""
     out = tokenizer.apply_chat_template(

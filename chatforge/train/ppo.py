@@ -29,7 +29,6 @@ first, each a small function with the shapes of its tensors in its docstring.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -316,11 +315,11 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
     """Sample one answer per prompt, score it, and compute per-token rewards, advantages and returns.
     stop_ids: the tokens that end an answer (default: <|im_end|> and the tokenizer's eos)."""
     from chatforge.generate import generate
-    from chatforge.tokenizer import IM_END
+    from chatforge.tokenizer import answer_stop_ids
 
     t0 = time.perf_counter()
     if stop_ids is None:
-        stop_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+        stop_ids = answer_stop_ids(tokenizer)
     policy.eval()
     gens = generate(policy, [p["ids"] for p in prompts], cfg.max_new_tokens, pad_id=tokenizer.pad_token_id,
                     stop_ids=stop_ids, temperature=cfg.temperature)
@@ -382,7 +381,6 @@ def optimise(policy, value_model, opt_policy, opt_value, batch: Rollout, cfg, pt
     count = 0
     for epoch in range(cfg.ppo_epochs):
         for k, group in enumerate(torch.randperm(len(groups), generator=g).tolist()):
-            start = k * size
             idx = groups[group].to(batch.ids.device)
             ids, attention, positions, width, keep = _trim(batch, idx)
             mask = batch.answer_mask[idx][:, :keep]
@@ -395,7 +393,7 @@ def optimise(policy, value_model, opt_policy, opt_value, batch: Rollout, cfg, pt
                 loss = pg
                 ptx_loss = torch.zeros(())
                 if ptx is not None:
-                    step = (iteration * cfg.ppo_epochs + epoch) * cfg.minibatches + start // size
+                    step = (iteration * cfg.ppo_epochs + epoch) * cfg.minibatches + k
                     windows = ptx.rank_rows(step, cfg.ptx_batch_size).to(d.device)
                     ptx_loss = F.cross_entropy(policy(input_ids=windows[:, :-1]).logits.flatten(0, 1).float(),
                                                windows[:, 1:].flatten())
