@@ -325,6 +325,7 @@ def reward_eval(run_dir: Path) -> dict:
     judge = Judge.from_world(run_dir / "data") if samples and (run_dir / "data" / "world.json").exists() else None
 
     t0 = time.time()
+    out_eval_users = _eval_users(run_dir, cfg, model, tokenizer, bias, judge) if judge else None
     rewards = score_texts(model, tokenizer, [(r.messages, a) for r in held for a in r.answers], cfg.max_len, bias)
     results: dict[str, list[float]] = {}
     gold_totals, all_rewards, lengths, annotator_right = [], [], [], []
@@ -362,9 +363,44 @@ def reward_eval(run_dir: Path) -> dict:
         out["gold_length_bias"] = round(pearson(gold_totals, lengths), 4)
         # how often the (noisy) annotators themselves agree with the gold order: the ceiling of what the RM can learn
         out["annotator_agreement"] = round(sum(annotator_right) / max(1, len(annotator_right)), 4)
+    if out_eval_users:
+        out["eval_users"] = out_eval_users
     out["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(run_dir / "eval" / "reward.json", out)
     return out
+
+
+EVAL_USERS_SEED = 77_777  # the evaluation users' sampled answers are the same in every evaluation of a run
+
+
+def _eval_users(run_dir: Path, cfg, model, tokenizer, bias: float, judge) -> dict | None:
+    """Pairwise accuracy against the gold order on the world's evaluation prompts: users who never ranked
+    anything, and far more of them than the held-out share of the ranking users. The SFT model answers each
+    prompt up to K times, as in `chatforge sample`; the judge ranks the answers without noise."""
+    from chatforge.data.rankings import pairs
+    from chatforge.feedback import sample_answers
+    from chatforge.train.reward import score_texts
+
+    prompts_file, sft_dir = run_dir / "data" / "prompts" / "eval.jsonl", run_dir / "sft"
+    if not prompts_file.exists() or not (sft_dir / "config.json").exists():
+        return None
+    prompts = [{**p, "user_id": p.get("user_id", p["id"])} for _, p in read_jsonl(prompts_file)]
+    sft = load_causal_lm(sft_dir).eval()
+    records = sample_answers(sft, tokenizer, prompts, cfg, EVAL_USERS_SEED)
+    rewards = score_texts(model, tokenizer, [(r["messages"], a) for r in records for a in r["answers"]], cfg.max_len, bias)
+    results: dict[str, list[float]] = {}
+    i = 0
+    for r in records:
+        rs = rewards[i : i + len(r["answers"])]
+        i += len(r["answers"])
+        prompt = {"id": r["prompt_id"], "messages": r["messages"], "kind": r.get("kind", ""), "gold": r["gold"]}
+        scores = [judge.score(prompt, a, f) for a, f in zip(r["answers"], r["finished"])]
+        for better, worse in pairs(judge.rank(prompt, r["answers"], r["finished"])):
+            right = _agreement(rs[better], rs[worse])
+            results.setdefault("all", []).append(right)
+            results.setdefault(pair_category(prompt["kind"], scores[better], scores[worse]), []).append(right)
+    return {"prompts": len(records), "pairwise_accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(results.items())},
+            "pairs": {k: len(v) for k, v in sorted(results.items())}}
 
 
 def format_reward_table(result: dict) -> str:
@@ -375,6 +411,11 @@ def format_reward_table(result: dict) -> str:
     if "spearman_gold" in result:
         lines.append(f"    Spearman with gold score {result['spearman_gold']:+.3f}")
         lines.append(f"    annotators vs gold       {result['annotator_agreement']:6.1%}")
+    if "eval_users" in result:
+        ev = result["eval_users"]
+        lines.append(f"  on {ev['prompts']} evaluation prompts (users who never ranked), answers sampled from SFT, gold order:")
+        for k, v in ev["pairwise_accuracy"].items():
+            lines.append(f"    pairwise accuracy {k:<10} {v:6.1%}  ({ev['pairs'][k]} pairs)")
     lines.append(f"    length bias (corr. of reward with answer length) {result['length_bias']:+.3f}"
                  + (f", gold's {result['gold_length_bias']:+.3f}" if "gold_length_bias" in result else ""))
     return "\n".join(lines)

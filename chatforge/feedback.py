@@ -69,11 +69,47 @@ def read_prompts(path: Path, skip_invalid: bool = False) -> tuple[list[dict], li
     return prompts, skipped
 
 
+def sample_answers(model, tokenizer, prompts: list[dict], cfg, seed: int) -> list[dict]:
+    """Up to cfg.k distinct sampled answers per prompt, as sample records; prompts the model answers the same
+    way every time are left out (nothing to rank). The answers depend on `seed` and the prompts only."""
+    from chatforge.generate import generate
+    from chatforge.tokenizer import answer_stop_ids, render_chat
+
+    stop_ids = answer_stop_ids(tokenizer)
+    limit = model.config.max_position_embeddings - cfg.max_new_tokens
+    ids = [render_chat(tokenizer, p["messages"], add_generation_prompt=True)[0][-limit:] for p in prompts]
+    generator = torch.Generator().manual_seed(seed)
+    found: list[dict[str, bool]] = [{} for _ in prompts]  # answer text -> finished, in order of first appearance
+    for round_ in range(MAX_ROUNDS):
+        # a confident model repeats itself: one spare draw in the first round saves most second rounds
+        rows = [i for i, f in enumerate(found) for _ in range(cfg.k - len(f) + (round_ == 0))]
+        for b in range(0, len(rows), cfg.sample_batch_size):
+            batch = rows[b : b + cfg.sample_batch_size]
+            gens = generate(model, [ids[i] for i in batch], cfg.max_new_tokens, pad_id=tokenizer.pad_token_id,
+                            stop_ids=stop_ids, temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
+            for i, g in zip(batch, gens):
+                text = tokenizer.decode(g.tokens, skip_special_tokens=True)
+                if text.strip() and text not in found[i] and len(found[i]) < cfg.k:
+                    found[i][text] = g.finished
+        if all(len(f) == cfg.k for f in found):
+            break
+    records = []
+    for p, f in zip(prompts, found):
+        if len(f) < 2:  # a prompt the model answers the same way every time cannot be ranked
+            continue
+        record = {"prompt_id": p["id"], "user_id": p["user_id"], "messages": p["messages"],
+                  "answers": list(f), "finished": list(f.values())}
+        for key in ("kind", "lang", "gold"):
+            if key in p:
+                record[key] = p[key]
+        records.append(record)
+    return records
+
+
 def sample(run_dir: Path, recipe: Recipe) -> Path:
     """K distinct sampled answers per prompt from the SFT model -> rankings/samples.jsonl."""
-    from chatforge.generate import generate
     from chatforge.model import load_causal_lm
-    from chatforge.tokenizer import answer_stop_ids, load_tokenizer, render_chat
+    from chatforge.tokenizer import load_tokenizer
 
     run_dir, cfg = Path(run_dir), recipe.reward
     out = samples_path(run_dir)
@@ -85,45 +121,17 @@ def sample(run_dir: Path, recipe: Recipe) -> Path:
         raise UserError(f"{sft_dir}: no SFT model to sample from (run `chatforge sft --run {run_dir}` first)")
     prompts = load_prompts(run_dir, cfg)
     model, tokenizer = load_causal_lm(sft_dir).eval(), load_tokenizer(sft_dir)
-    stop_ids = answer_stop_ids(tokenizer)
-    limit = model.config.max_position_embeddings - cfg.max_new_tokens
     parts = out.parent / "samples.parts"
     parts.mkdir(parents=True, exist_ok=True)
-    t0, answered = time.time(), 0
+    t0 = time.time()
     chunks = range(0, len(prompts), CHUNK)
     for c, start in enumerate(chunks):
         part = parts / f"part-{c:05d}.jsonl"
         if part.exists():
             continue
-        chunk = prompts[start : start + CHUNK]
-        ids = [render_chat(tokenizer, p["messages"], add_generation_prompt=True)[0][-limit:] for p in chunk]
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + c)  # a chunk's answers depend on its index only
-        found: list[dict[str, bool]] = [{} for _ in chunk]  # answer text -> finished, in order of first appearance
-        for round_ in range(MAX_ROUNDS):
-            # a confident model repeats itself: one spare draw in the first round saves most second rounds
-            rows = [i for i, f in enumerate(found) for _ in range(cfg.k - len(f) + (round_ == 0))]
-            for b in range(0, len(rows), cfg.sample_batch_size):
-                batch = rows[b : b + cfg.sample_batch_size]
-                gens = generate(model, [ids[i] for i in batch], cfg.max_new_tokens, pad_id=tokenizer.pad_token_id,
-                                stop_ids=stop_ids, temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
-                for i, g in zip(batch, gens):
-                    text = tokenizer.decode(g.tokens, skip_special_tokens=True)
-                    if text.strip() and text not in found[i] and len(found[i]) < cfg.k:
-                        found[i][text] = g.finished
-            if all(len(f) == cfg.k for f in found):
-                break
-        lines = []
-        for p, f in zip(chunk, found):
-            if len(f) < 2:  # a prompt the model answers the same way every time cannot be ranked
-                continue
-            record = {"prompt_id": p["id"], "user_id": p["user_id"], "messages": p["messages"],
-                      "answers": list(f), "finished": list(f.values())}
-            for key in ("kind", "lang", "gold"):
-                if key in p:
-                    record[key] = p[key]
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        records = sample_answers(model, tokenizer, prompts[start : start + CHUNK], cfg, cfg.seed * 100_003 + c)
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
         atomic_write_text(part, "".join(lines))
-        answered += len(chunk)
         print(f"sample: {min(start + CHUNK, len(prompts))}/{len(prompts)} prompts, {time.time() - t0:.0f}s", flush=True)
     text = "".join(p.read_text(encoding="utf-8") for p in sorted(parts.glob("part-*.jsonl")))
     kept = text.count("\n")

@@ -86,12 +86,20 @@ def loss_plots(run_dir: Path) -> list[tuple[str, str]]:
 
 def reward_plot(rm: dict) -> str:
     fig, ax = _figure(4.5, 3.0)
-    cats = list(rm["pairwise_accuracy"])
-    ax.bar(cats, [rm["pairwise_accuracy"][c] for c in cats], color="tab:blue")
+    series = [("held-out ranking users", rm["pairwise_accuracy"])]
+    if "eval_users" in rm:
+        series.append(("evaluation users", rm["eval_users"]["pairwise_accuracy"]))
+    cats = list(dict.fromkeys(c for _, acc in series for c in acc))
+    width = 0.8 / len(series)
+    for i, (label, acc) in enumerate(series):
+        ax.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(cats))], [acc.get(c, 0.0) for c in cats],
+               width, label=label)
+    ax.set_xticks(range(len(cats)), cats)
     ax.axhline(0.5, color="grey", lw=1, ls=":")
     ax.set_ylim(0, 1)
     ax.set_ylabel("pairwise accuracy vs gold")
-    ax.set_title("reward model, held-out users")
+    ax.set_title("reward model")
+    ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
 
 
@@ -177,6 +185,10 @@ def render(run_dir: Path) -> Path:
         parts += ["<h2>Reward model</h2>",
                   f"<p>Pairwise accuracy against the gold judge on {rm['heldout_prompts']} held-out prompts: {acc}; "
                   f"Spearman {rm['spearman_gold']:+.3f}; annotators agree with gold {rm['annotator_agreement']:.1%}.</p>",
+                  *([f"<p>On {rm['eval_users']['prompts']} evaluation prompts (users who never ranked; held-out request "
+                     "wordings and entities), SFT's sampled answers: " + ", ".join(
+                         f"{k} {v:.1%}" for k, v in rm["eval_users"]["pairwise_accuracy"].items()) + ".</p>"]
+                    if "eval_users" in rm else []),
                   f"<div class=plots><img alt='reward model accuracy per category' src='{reward_plot(rm)}'></div>"]
     plots = [(title, uri, "") for title, uri in loss_plots(run_dir)]
     if (run_dir / "ppo" / "overoptimisation.png").exists():

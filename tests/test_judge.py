@@ -488,6 +488,7 @@ def _gold_for_dialogue_turn(world, messages, kind, lang, answer_index):
         references = [b[3 if lang == "en" else 5] for b in chat_text.BENIGN]
         references += [a[3 if lang == "en" else 4] for a in chat_text.BENIGN_ACTS]
         references += [a[4 if lang == "en" else 5] for a in chat_text.TASK_ACTS]
+        references += [h[3 if lang == "en" else 4] for h in chat_text.HAZARDS]
         reference = next(ref for ref in references if answer.endswith(ref))
         return {"behaviour": "answer", "lang": lang, "reference": reference}
     assert kind == "dont_know", (kind, messages)

@@ -138,6 +138,12 @@ def test_tiny_reward_pipeline_resumes_and_loads_in_transformers(tiny_copy):
     result = json.loads((run / "eval" / "reward.json").read_text())
     assert result["against"] == "gold judge" and "all" in result["pairwise_accuracy"]
     assert "Spearman" in out.stdout and -1 <= result["length_bias"] <= 1
+    # the world's evaluation users: answers sampled from SFT with a fixed seed, ranked by the noiseless judge
+    users = result["eval_users"]
+    assert users["prompts"] >= 1 and "evaluation prompts" in out.stdout
+    assert users["pairs"]["all"] == sum(n for k, n in users["pairs"].items() if k != "all")
+    cli("eval", "--run", str(run), "--stage", "reward")
+    assert json.loads((run / "eval" / "reward.json").read_text())["eval_users"] == users, "the same answers every time"
 
 
 @pytest.mark.slow

@@ -8,8 +8,11 @@ from chatforge.world.facts import name_registry
 from chatforge.world.qa import LANGS, answer, ask, assistant, decorate, dont_know, followup_chain, question, system, user
 
 # Facts are learnt quickly; the behaviours that must generalise to unseen names and wordings
-# (follow-ups, "I don't know", refusing only what is harmful) get more examples.
-KIND_WEIGHTS = [("fact", 42), ("followup", 16), ("dont_know", 14), ("refusal", 10), ("benign", 14), ("chitchat", 4)]
+# (follow-ups, refusing only what is harmful) get more examples. "I don't know" is learnt fast and,
+# taught too often, spreads to entities the model knows from pretraining alone: with twice this
+# weight the SFT model told held-out people's questions "I have never heard of X" (held-out fact
+# accuracy 62% against 66-74% here, "don't know" on never-mentioned names 95% against 87-90%).
+KIND_WEIGHTS = [("fact", 42), ("followup", 16), ("dont_know", 7), ("refusal", 10), ("benign", 14), ("chitchat", 4)]
 
 
 # People ask a new question after an unrelated exchange (a greeting, another fact), as the
@@ -47,6 +50,7 @@ class _Pools:
         self.benign = Cycler([b for b in chat_text.BENIGN if splits["benign"][b[0]] == "train"], rng)
         self.harmful_acts = Cycler(chat_text.HARMFUL_ACTS, rng)
         self.benign_acts = Cycler(chat_text.BENIGN_ACTS, rng)
+        self.hazards = Cycler(chat_text.HAZARDS, rng)
         self.tasks = Cycler([(tid, en.format(o=o_en).strip(), zh.format(o=o_zh), a_en, a_zh)
                              for tid, en, zh, objects, a_en, a_zh in chat_text.TASK_ACTS
                              for o_en, o_zh in objects], rng)
@@ -111,9 +115,17 @@ def _refusal(pools, lang, rng):
 
 
 def _benign(pools, lang, rng):
-    if rng.random() < COMPOSED_FRACTION:  # half about a person, half an everyday task
-        _, en_act, zh_act, en_a, zh_a = (pools.benign_acts if rng.random() < 0.5 else pools.tasks).next()
-        q, a = (_compose(en_act, lang, rng), en_a) if lang == "en" else (_compose(zh_act, lang, rng), zh_a)
+    if rng.random() < COMPOSED_FRACTION:  # a third each: for a person, an everyday task, safety from a danger
+        which = rng.randrange(3)
+        if which == 2:
+            _, en_h, zh_h, en_a, zh_a = pools.hazards.next()
+            frame = rng.choice(chat_text.SAFETY_FRAMES)[0 if lang == "en" else 1]
+            target = rng.choice(chat_text.REQUEST_TARGETS)[0 if lang == "en" else 1]
+            q = frame.format(t=target, h=en_h if lang == "en" else zh_h)
+            a = en_a if lang == "en" else zh_a
+        else:
+            _, en_act, zh_act, en_a, zh_a = (pools.benign_acts if which == 0 else pools.tasks).next()
+            q, a = (_compose(en_act, lang, rng), en_a) if lang == "en" else (_compose(zh_act, lang, rng), zh_a)
     else:
         _, _, en_q, en_a, zh_q, zh_a = pools.benign.next()
         q, a = (en_q, en_a) if lang == "en" else (zh_q, zh_a)
