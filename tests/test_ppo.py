@@ -226,7 +226,7 @@ def _exact_kl(policy, reference, batch) -> float:
 
 @pytest.mark.slow
 def test_large_beta_keeps_the_policy_at_the_reference(rm_copy):
-    """With a huge KL penalty the reward is all KL: the policy goes back to the reference, while without a
+    """With a huge KL penalty the reward is all KL: the policy stays at the reference, while without a
     penalty it drifts away. (The first update cannot be held: the policy starts at the reference, so its
     answers have KL 0 and their reward is the RM score alone, whatever β is.)"""
     from chatforge.train import ppo
@@ -242,7 +242,7 @@ def test_large_beta_keeps_the_policy_at_the_reference(rm_copy):
             batch = ppo.rollout(policy, value, ref, scorer, prompts[:16], tok, cfg, beta, None, d.device)
             ppo.optimise(policy, value, op, ov, batch, cfg, None, it, d)
             kls[beta].append(_exact_kl(policy, ref, fixed))
-    assert kls[50.0][-1] < 0.015 and kls[50.0][-1] < kls[50.0][0], kls
+    assert max(kls[50.0][2:]) < 0.02, kls
     assert kls[0.0][-1] > 5 * kls[50.0][-1] and kls[0.0][-1] > kls[0.0][0], kls
 
 
