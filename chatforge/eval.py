@@ -336,24 +336,17 @@ def reward_eval(run_dir: Path) -> dict:
         lengths += [len(tokenizer.encode(a, add_special_tokens=False)) for a in r.answers]
         all_rewards += rs
         s = samples.get(r.prompt_id) if judge else None
-        scores = None
-        reference = r.ranks  # your own rankings: compare with their own order
         if s is not None:  # the world: compare with the noiseless gold order
             prompt = {"id": r.prompt_id, "messages": r.messages, "kind": r.kind, "gold": s["gold"]}
-            scores = [judge.score(prompt, a, f) for a, f in zip(r.answers, s["finished"])]
-            reference = judge.rank(prompt, r.answers, s["finished"])
+            scores, gold_pairs = _against_gold(judge, prompt, r.answers, s["finished"], rs, results)
             gold_totals += [sc.total for sc in scores]
-        for better, worse in pairs(reference):
-            right = _agreement(rs[better], rs[worse])
-            results.setdefault("all", []).append(right)
-            if scores is not None:
-                results.setdefault(pair_category(r.kind, scores[better], scores[worse]), []).append(right)
-                annotator_right.append(_agreement(-r.ranks[better], -r.ranks[worse]))  # a lower rank is better
+            annotator_right += [_agreement(-r.ranks[b], -r.ranks[w]) for b, w in gold_pairs]  # a lower rank is better
+        else:  # your own rankings: compare with their own order
+            results.setdefault("all", []).extend(_agreement(rs[b], rs[w]) for b, w in pairs(r.ranks))
     out = {
         "stage": "reward", "model": str(run_dir / "reward"), "against": "gold judge" if gold_totals else "rankings file",
         "heldout_prompts": len(held), "heldout_answers": len(all_rewards),
-        "pairwise_accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(results.items())},
-        "pairs": {k: len(v) for k, v in sorted(results.items())},
+        **_accuracies(results),
         "length_bias": round(pearson(all_rewards, lengths), 4),
         "mean_reward": round(sum(all_rewards) / max(1, len(all_rewards)), 4),
         "bias": round(bias, 6),
@@ -377,45 +370,62 @@ def _eval_users(run_dir: Path, cfg, model, tokenizer, bias: float, judge) -> dic
     """Pairwise accuracy against the gold order on the world's evaluation prompts: users who never ranked
     anything, and far more of them than the held-out share of the ranking users. The SFT model answers each
     prompt up to K times, as in `chatforge sample`; the judge ranks the answers without noise."""
-    from chatforge.data.rankings import pairs
-    from chatforge.feedback import sample_answers
+    from chatforge.feedback import read_prompts, sample_answers
     from chatforge.train.reward import score_texts
 
     prompts_file, sft_dir = run_dir / "data" / "prompts" / "eval.jsonl", run_dir / "sft"
     if not prompts_file.exists() or not (sft_dir / "config.json").exists():
         return None
-    prompts = [{**p, "user_id": p.get("user_id", p["id"])} for _, p in read_jsonl(prompts_file)]
+    prompts, _ = read_prompts(prompts_file)
     sft = load_causal_lm(sft_dir).eval()
     records = sample_answers(sft, tokenizer, prompts, cfg, EVAL_USERS_SEED)
     rewards = score_texts(model, tokenizer, [(r["messages"], a) for r in records for a in r["answers"]], cfg.max_len, bias)
     results: dict[str, list[float]] = {}
     i = 0
     for r in records:
-        rs = rewards[i : i + len(r["answers"])]
-        i += len(r["answers"])
         prompt = {"id": r["prompt_id"], "messages": r["messages"], "kind": r.get("kind", ""), "gold": r["gold"]}
-        scores = [judge.score(prompt, a, f) for a, f in zip(r["answers"], r["finished"])]
-        for better, worse in pairs(judge.rank(prompt, r["answers"], r["finished"])):
-            right = _agreement(rs[better], rs[worse])
-            results.setdefault("all", []).append(right)
-            results.setdefault(pair_category(prompt["kind"], scores[better], scores[worse]), []).append(right)
-    return {"prompts": len(records), "pairwise_accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(results.items())},
+        _against_gold(judge, prompt, r["answers"], r["finished"], rewards[i : i + len(r["answers"])], results)
+        i += len(r["answers"])
+    return {"prompts": len(records), **_accuracies(results)}
+
+
+def _against_gold(judge, prompt: dict, answers: list[str], finished: list[bool], rewards: list[float],
+                  results: dict[str, list[float]]) -> tuple[list, list[tuple[int, int]]]:
+    """Score one prompt's answers with the judge and, for every pair of its gold order, add whether `rewards`
+    order the pair the same way to results["all"] and to the pair's rubric category.
+    Returns (the judge's scores, the gold (better, worse) pairs)."""
+    from chatforge.data.rankings import pairs
+
+    scores = [judge.score(prompt, a, f) for a, f in zip(answers, finished)]
+    gold_pairs = pairs(judge.rank(prompt, answers, finished))
+    for better, worse in gold_pairs:
+        right = _agreement(rewards[better], rewards[worse])
+        results.setdefault("all", []).append(right)
+        results.setdefault(pair_category(prompt["kind"], scores[better], scores[worse]), []).append(right)
+    return scores, gold_pairs
+
+
+def _accuracies(results: dict[str, list[float]]) -> dict:
+    """Pairwise accuracy and the number of pairs, per key of `results`."""
+    return {"pairwise_accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(results.items())},
             "pairs": {k: len(v) for k, v in sorted(results.items())}}
+
+
+def _accuracy_rows(result: dict) -> list[str]:
+    return [f"    pairwise accuracy {k:<10} {v:6.1%}  ({result['pairs'][k]} pairs)" for k, v in result["pairwise_accuracy"].items()]
 
 
 def format_reward_table(result: dict) -> str:
     lines = [f"eval of the reward model ({result['model']}), {result['heldout_prompts']} held-out prompts "
              f"of held-out users, against the {result['against']}:"]
-    for k, v in result["pairwise_accuracy"].items():
-        lines.append(f"    pairwise accuracy {k:<10} {v:6.1%}  ({result['pairs'][k]} pairs)")
+    lines += _accuracy_rows(result)
     if "spearman_gold" in result:
         lines.append(f"    Spearman with gold score {result['spearman_gold']:+.3f}")
         lines.append(f"    annotators vs gold       {result['annotator_agreement']:6.1%}")
     if "eval_users" in result:
         ev = result["eval_users"]
         lines.append(f"  on {ev['prompts']} evaluation prompts (users who never ranked), answers sampled from SFT, gold order:")
-        for k, v in ev["pairwise_accuracy"].items():
-            lines.append(f"    pairwise accuracy {k:<10} {v:6.1%}  ({ev['pairs'][k]} pairs)")
+        lines += _accuracy_rows(ev)
     lines.append(f"    length bias (corr. of reward with answer length) {result['length_bias']:+.3f}"
                  + (f", gold's {result['gold_length_bias']:+.3f}" if "gold_length_bias" in result else ""))
     return "\n".join(lines)

@@ -84,6 +84,10 @@ def loss_plots(run_dir: Path) -> list[tuple[str, str]]:
     return plots
 
 
+def _rates(accuracy: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1%}" for k, v in accuracy.items())
+
+
 def reward_plot(rm: dict) -> str:
     fig, ax = _figure(4.5, 3.0)
     series = [("held-out ranking users", rm["pairwise_accuracy"])]
@@ -181,13 +185,12 @@ def render(run_dir: Path) -> Path:
     if ppo and ppo.get("overoptimised"):
         parts.append(f"<p><b>Over-optimisation:</b> {html.escape(ppo['overoptimised'])}</p>")
     if rm:
-        acc = ", ".join(f"{k} {v:.1%}" for k, v in rm["pairwise_accuracy"].items())
         parts += ["<h2>Reward model</h2>",
-                  f"<p>Pairwise accuracy against the gold judge on {rm['heldout_prompts']} held-out prompts: {acc}; "
+                  f"<p>Pairwise accuracy against the gold judge on {rm['heldout_prompts']} held-out prompts: "
+                  f"{_rates(rm['pairwise_accuracy'])}; "
                   f"Spearman {rm['spearman_gold']:+.3f}; annotators agree with gold {rm['annotator_agreement']:.1%}.</p>",
                   *([f"<p>On {rm['eval_users']['prompts']} evaluation prompts (users who never ranked; held-out request "
-                     "wordings and entities), SFT's sampled answers: " + ", ".join(
-                         f"{k} {v:.1%}" for k, v in rm["eval_users"]["pairwise_accuracy"].items()) + ".</p>"]
+                     f"wordings and entities), SFT's sampled answers: {_rates(rm['eval_users']['pairwise_accuracy'])}.</p>"]
                     if "eval_users" in rm else []),
                   f"<div class=plots><img alt='reward model accuracy per category' src='{reward_plot(rm)}'></div>"]
     plots = [(title, uri, "") for title, uri in loss_plots(run_dir)]

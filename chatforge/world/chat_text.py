@@ -357,7 +357,7 @@ HAZARDS = [
      "bleeding.",
      "刀要磨快，手指往里弯着离开刀口；要是割伤了，用干净的布按住伤口，直到不流血。"),
 ]
-# (en frame, zh frame): {h} is the danger, {t} a person from REQUEST_TARGETS or oneself.
+# (en frame, zh frame): {h} is the danger, {t} a person from REQUEST_TARGETS.
 SAFETY_FRAMES = [
     ("How do I protect {t} from {h}?", "怎么保护{t}，防范{h}？"),
     ("How can I keep {t} safe from {h}?", "怎样让{t}远离{h}？"),
