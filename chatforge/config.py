@@ -156,10 +156,10 @@ class RewardConfig:
     rankings: str = ""  # rankings file or folder (docs/rankings.md) to train on; empty: the run's rankings/rankings.jsonl
     skip_invalid: bool = False  # skip (and count) malformed rankings instead of stopping at the first
     heldout_users: float = 0.15  # share of users whose rankings are held out for evaluation (split by user, never by row)
-    epochs: float = 4.0  # passes over the training prompts (InstructGPT: 1; this small model keeps improving to ~4)
+    epochs: float = 2.0  # passes over the training prompts (InstructGPT: 1; 3 is as good as a higher lr, and slower)
     batch_size: int = 8  # prompts per step; all K answers of a prompt go through in the same forward batch
     max_len: int = 128  # tokens per prompt + answer; longer ones lose the start of the conversation, never the answer
-    lr: float = 3e-4  # 1e-3 fits the rankings as well but forgets what the SFT model knew: facts fell to chance
+    lr: float = 6e-4  # 3e-4 underfits in 2 epochs (held-out 70% against 75%); 1e-3 forgets what the SFT model knew
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.0

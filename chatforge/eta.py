@@ -49,7 +49,8 @@ def stage_flops(recipe: Recipe, stage: str) -> tuple[float, float]:
     if stage == "sample":
         return 0.0, fwd(r.max_new_tokens) * w.num_rank_prompts * r.k * r.max_new_tokens
     if stage == "reward":
-        answers = r.epochs * (1 - r.heldout_users) * w.num_rank_prompts * r.k
+        # about half the prompts keep K distinct answers (the model repeats itself); written comparisons have 2
+        answers = r.epochs * (1 - r.heldout_users) * (w.num_rank_prompts * r.k / 2 + w.num_safety_comparisons * 2)
         return 3 * fwd(r.max_len) * answers * r.max_len / 2, 0.0
     if stage == "ppo":
         length = 2 * o.max_new_tokens  # prompt and answer

@@ -328,32 +328,42 @@ def reward_eval(run_dir: Path) -> dict:
     out_eval_users = _eval_users(run_dir, cfg, model, tokenizer, bias, judge) if judge else None
     rewards = score_texts(model, tokenizer, [(r.messages, a) for r in held for a in r.answers], cfg.max_len, bias)
     results: dict[str, list[float]] = {}
-    gold_totals, all_rewards, lengths, annotator_right = [], [], [], []
-    i = 0
+    written: dict[str, list[float]] = {}  # the world's written safety comparisons: easy pairs, reported apart
+    gold_totals, gold_rewards, gold_lengths, all_rewards, lengths, annotator_right = [], [], [], [], [], []
+    i = written_prompts = 0
     for r in held:
         rs = rewards[i : i + len(r.answers)]
         i += len(r.answers)
-        lengths += [len(tokenizer.encode(a, add_special_tokens=False)) for a in r.answers]
-        all_rewards += rs
         s = samples.get(r.prompt_id) if judge else None
+        prompt = {"id": r.prompt_id, "messages": r.messages, "kind": r.kind, "gold": s["gold"]} if s else None
+        if s is not None and s.get("source") == "written":
+            _against_gold(judge, prompt, r.answers, s["finished"], rs, written)
+            written_prompts += 1
+            continue
+        lengths_r = [len(tokenizer.encode(a, add_special_tokens=False)) for a in r.answers]
+        lengths += lengths_r
+        all_rewards += rs
         if s is not None:  # the world: compare with the noiseless gold order
-            prompt = {"id": r.prompt_id, "messages": r.messages, "kind": r.kind, "gold": s["gold"]}
             scores, gold_pairs = _against_gold(judge, prompt, r.answers, s["finished"], rs, results)
             gold_totals += [sc.total for sc in scores]
+            gold_rewards += rs
+            gold_lengths += lengths_r
             annotator_right += [_agreement(-r.ranks[b], -r.ranks[w]) for b, w in gold_pairs]  # a lower rank is better
         else:  # your own rankings: compare with their own order
             results.setdefault("all", []).extend(_agreement(rs[b], rs[w]) for b, w in pairs(r.ranks))
     out = {
         "stage": "reward", "model": str(run_dir / "reward"), "against": "gold judge" if gold_totals else "rankings file",
-        "heldout_prompts": len(held), "heldout_answers": len(all_rewards),
+        "heldout_prompts": len(held) - written_prompts, "heldout_answers": len(all_rewards),
         **_accuracies(results),
         "length_bias": round(pearson(all_rewards, lengths), 4),
         "mean_reward": round(sum(all_rewards) / max(1, len(all_rewards)), 4),
         "bias": round(bias, 6),
     }
+    if written:
+        out["written"] = _accuracies(written)
     if gold_totals:
-        out["spearman_gold"] = round(spearman(all_rewards, gold_totals), 4)
-        out["gold_length_bias"] = round(pearson(gold_totals, lengths), 4)
+        out["spearman_gold"] = round(spearman(gold_rewards, gold_totals), 4)
+        out["gold_length_bias"] = round(pearson(gold_totals, gold_lengths), 4)
         # how often the (noisy) annotators themselves agree with the gold order: the ceiling of what the RM can learn
         out["annotator_agreement"] = round(sum(annotator_right) / max(1, len(annotator_right)), 4)
     if out_eval_users:
@@ -419,6 +429,9 @@ def format_reward_table(result: dict) -> str:
     lines = [f"eval of the reward model ({result['model']}), {result['heldout_prompts']} held-out prompts "
              f"of held-out users, against the {result['against']}:"]
     lines += _accuracy_rows(result)
+    if "written" in result:
+        w = result["written"]
+        lines.append(f"    written safety comparisons {w['pairwise_accuracy']['all']:6.1%}  ({w['pairs']['all']} pairs, not in the rows above)")
     if "spearman_gold" in result:
         lines.append(f"    Spearman with gold score {result['spearman_gold']:+.3f}")
         lines.append(f"    annotators vs gold       {result['annotator_agreement']:6.1%}")

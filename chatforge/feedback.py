@@ -1,7 +1,8 @@
 """Collecting feedback for the reward model: the SFT model answers each prompt K times (`chatforge
 sample`), annotators rank the K answers (`chatforge rank`).
 
-    runs/<name>/rankings/samples.jsonl    prompt, user, K distinct answers (and the world's gold)
+    runs/<name>/rankings/samples.jsonl    prompt, user, K distinct answers (and the world's gold); on the
+                                          world, also its written safety comparisons ("source": "written")
     runs/<name>/rankings/rankings.jsonl   the same answers, ordered by an annotator (docs/rankings.md)
 
 On the built-in world the gold judge stands in for the annotators, each of whom adds a little
@@ -135,13 +136,29 @@ def sample(run_dir: Path, recipe: Recipe) -> Path:
         print(f"sample: {min(start + CHUNK, len(prompts))}/{len(prompts)} prompts, {time.time() - t0:.0f}s", flush=True)
     text = "".join(p.read_text(encoding="utf-8") for p in sorted(parts.glob("part-*.jsonl")))
     kept = text.count("\n")
+    written = written_comparisons(run_dir, cfg)
+    text += "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in written)
     atomic_write_text(out, text)
     for p in parts.glob("part-*.jsonl"):
         p.unlink()
     parts.rmdir()
-    print(f"sample: {kept} of {len(prompts)} prompts with >= 2 distinct answers (K = {cfg.k}) -> {out} "
-          f"in {time.time() - t0:.0f}s", flush=True)
+    print(f"sample: {kept} of {len(prompts)} prompts with >= 2 distinct answers (K = {cfg.k})"
+          + (f", and {len(written)} written safety comparisons" if written else "")
+          + f" -> {out} in {time.time() - t0:.0f}s", flush=True)
     return out
+
+
+def written_comparisons(run_dir: Path, cfg) -> list[dict]:
+    """The world's written safety comparisons (prompts/safety.jsonl: a request, the demonstrated behaviour and
+    its opposite) as sample records marked "source": "written", to be ranked with the sampled answers. None when
+    the prompts are the user's own (cfg.prompts): their safety data, if any, comes as rankings."""
+    path = Path(run_dir) / "data" / "prompts" / "safety.jsonl"
+    if cfg.prompts or not path.exists():
+        return []
+    return [{"prompt_id": p["id"], "user_id": p["user_id"], "messages": p["messages"], "answers": p["answers"],
+             "finished": [True] * len(p["answers"]), "kind": p["kind"], "lang": p["lang"], "gold": p["gold"],
+             "source": "written"}
+            for p in read_prompts(path)[0]]
 
 
 def rank(run_dir: Path, recipe: Recipe) -> Path:

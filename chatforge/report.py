@@ -192,6 +192,9 @@ def render(run_dir: Path) -> Path:
                   *([f"<p>On {rm['eval_users']['prompts']} evaluation prompts (users who never ranked; held-out request "
                      f"wordings and entities), SFT's sampled answers: {_rates(rm['eval_users']['pairwise_accuracy'])}.</p>"]
                     if "eval_users" in rm else []),
+                  *([f"<p>Held-out written safety comparisons (refusal against help, not counted above): "
+                     f"{rm['written']['pairwise_accuracy']['all']:.1%} of {rm['written']['pairs']['all']} pairs.</p>"]
+                    if "written" in rm else []),
                   f"<div class=plots><img alt='reward model accuracy per category' src='{reward_plot(rm)}'></div>"]
     plots = [(title, uri, "") for title, uri in loss_plots(run_dir)]
     if (run_dir / "ppo" / "overoptimisation.png").exists():

@@ -109,6 +109,12 @@ def test_tiny_reward_pipeline_resumes_and_loads_in_transformers(tiny_copy):
     cli("rank", "--run", str(run))
     rankings, _ = read_rankings(run / "rankings" / "rankings.jsonl")
     assert rankings and all(2 <= len(r.answers) <= 4 for r in rankings)
+    # the world's written safety comparisons are ranked with the samples: the demonstrated behaviour first
+    samples = [json.loads(x) for x in (run / "rankings" / "samples.jsonl").read_text().splitlines()]
+    written = {s["prompt_id"] for s in samples if s.get("source") == "written"}
+    safety = (run / "data" / "prompts" / "safety.jsonl").read_text().splitlines()
+    assert len(written) == len(safety) > 0
+    assert all(r.ranks == [0, 1] for r in rankings if r.prompt_id in written)
     assert all(len(set(r.answers)) == len(r.answers) for r in rankings), "answers are de-duplicated"
     train, held = split_by_user(rankings, 0.25, 4321)
     assert not {r.user_id for r in train} & {r.user_id for r in held}

@@ -14,7 +14,7 @@ from chatforge.world.names import CITY_SUFFIXES, SYLLABLES
 
 TINY = dict(num_countries=4, num_cities=3, num_people=6, num_unknown_people=6, num_unknown_cities=3,
             mentions_per_fact=10, num_dialogues=200, num_rank_prompts=120, num_ppo_prompts=120,
-            num_eval_prompts=60, prompts_per_user=20)
+            num_eval_prompts=60, prompts_per_user=20, num_safety_comparisons=40)
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -60,6 +60,7 @@ def _load(root):
         d["corpus"] = {p.parent.name + "/" + p.name: read_jsonl(p) for p in sorted((root / "corpus").rglob("*.jsonl"))}
         d["dialogues"] = read_jsonl(root / "dialogues/train.jsonl") + read_jsonl(root / "dialogues/val.jsonl")
         d["prompts"] = {s: read_jsonl(root / f"prompts/{s}.jsonl") for s in ("rank", "ppo", "eval")}
+        d["safety"] = read_jsonl(root / "prompts/safety.jsonl")
         d["tokenizer"] = read_jsonl(root / "tokenizer_corpus.jsonl")
         _CACHE[root] = d
     return _CACHE[root]
@@ -165,7 +166,7 @@ def test_manifest_matches_the_files(world):
     for split, ids in manifest["entity_splits"].items():
         assert sorted(ids) == sorted(e["id"] for e in data["entities"] if e["split"] == split)
         assert counts["entities_by_split"][split] == len(ids) > 0
-    assert counts["prompts"] == {s: len(p) for s, p in data["prompts"].items()}
+    assert counts["prompts"] == {**{s: len(p) for s, p in data["prompts"].items()}, "safety": len(data["safety"])}
     assert counts["dialogues"]["train"] + counts["dialogues"]["val"] == len(data["dialogues"])
     assert (root / "eval/qa.jsonl").read_bytes() == (root / "prompts/eval.jsonl").read_bytes()
     assert counts["eval"]["fact_completion"] == 2 * len(data["facts"])
@@ -292,11 +293,11 @@ def test_dialogues_never_mention_heldout_or_foreign_unknown_entities(world):
     assert any(n in dialogue_text(d) for d in data["dialogues"] for n in unknown_train)
 
 
-def test_heldout_request_templates_never_reach_dialogues(world):
+def test_heldout_request_templates_never_reach_dialogues_or_safety_comparisons(world):
     from chatforge.world.chat_text import BENIGN, HARMFUL
     manifest, _, data = world
     splits = manifest["template_splits"]
-    text = "\n".join(dialogue_text(d) for d in data["dialogues"])
+    text = "\n".join([dialogue_text(d) for d in data["dialogues"]] + [dialogue_text(r) for r in data["safety"]])
     for tid, _, en, zh in HARMFUL:
         if tid in splits["harmful"]["heldout"]:
             assert en not in text and zh not in text, tid
@@ -393,3 +394,24 @@ def test_eval_prompts_are_balanced(world):
     covered = sum(r["gold"]["entity_split"] == "covered" for r in facts)
     assert abs(2 * covered - len(facts)) <= 2
     assert abs(2 * sum(r["lang"] == "zh" for r in records) - len(records)) <= 6
+
+
+def test_safety_comparisons_set_the_right_behaviour_against_its_opposite(world):
+    """Each written comparison: a harmful request with (refusal, compliance) or a benign one with (help,
+    refusal), which the judge orders that way; owned by ranking users; no request repeats another prompt."""
+    from chatforge.world.judge import Judge, is_refusal
+    manifest, root, data = world
+    records = data["safety"]
+    assert manifest["counts"]["prompts"]["safety"] == len(records) > 0.75 * manifest["config"]["num_safety_comparisons"]
+    assert {r["kind"] for r in records} == {"harmful", "benign"}
+    judge = Judge.from_world(root)
+    others = {json.dumps(r["messages"], ensure_ascii=False) for rs in data["prompts"].values() for r in rs}
+    rank_users = set(manifest["users"]["rank"])
+    for r in records:
+        prompt = {"id": r["id"], "messages": r["messages"], "kind": r["kind"], "gold": r["gold"]}
+        good, bad = r["answers"]
+        assert [is_refusal(good), is_refusal(bad)] == ([True, False] if r["kind"] == "harmful" else [False, True])
+        assert judge.score(prompt, good).total > judge.score(prompt, bad).total, r
+        assert r["user_id"] in rank_users and r["messages"][-1]["role"] == "user"
+        assert json.dumps(r["messages"], ensure_ascii=False) not in others
+    assert len({json.dumps(r["messages"], ensure_ascii=False) for r in records}) == len(records)

@@ -10,7 +10,7 @@ from chatforge.world.corpus import SOURCES, make_corpus
 from chatforge.world.dialogues import make_dialogues
 from chatforge.world.facts import KNOWN_SPLITS, UNKNOWN_SPLITS, make_world
 from chatforge.world.names import SYLLABLES, CITY_SUFFIXES
-from chatforge.world.prompts import SPLITS, make_prompts
+from chatforge.world.prompts import make_prompts
 from chatforge.world.qa import LANGS
 from chatforge.world.tokcorpus import make_tokenizer_corpus
 
@@ -105,8 +105,8 @@ def _write_all(cfg, out):
     for split, records in dialogues.items():
         out.jsonl(f"dialogues/{split}.jsonl", records)
     prompts, users = make_prompts(world, cfg)
-    for split in SPLITS:
-        out.jsonl(f"prompts/{split}.jsonl", prompts[split])
+    for split, records in prompts.items():
+        out.jsonl(f"prompts/{split}.jsonl", records)
     completion = [{"prompt": f.stem[lang], "answer": f.value[lang], "lang": lang, "fact_id": f.id,
                    "entity_split": f.split, "kind": f.kind, "attribute": f.attribute}
                   for f in world.facts for lang in LANGS]

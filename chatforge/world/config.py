@@ -24,7 +24,8 @@ class WorldConfig:
     tokenizer_fraction: float = 0.4  # share of train corpus documents copied, with fresh names, for the tokenizer
     num_dialogues: int = 3000  # SFT dialogues in dialogues/train.jsonl
     system_prompt_fraction: float = 0.2  # share of dialogues and prompts that open with a system message
-    num_rank_prompts: int = 1200  # prompts in prompts/rank.jsonl (answers to be ranked for the reward model)
+    num_rank_prompts: int = 2400  # prompts in prompts/rank.jsonl (answers to be ranked for the reward model)
+    num_safety_comparisons: int = 800  # written refusal/help comparisons for the reward model (repeats dropped: ~670)
     num_ppo_prompts: int = 1200  # prompts in prompts/ppo.jsonl
     num_eval_prompts: int = 400  # prompts in prompts/eval.jsonl (eval/qa.jsonl holds the same records)
     prompts_per_user: int = 40  # average prompts per simulated user; no user gets more than 200
@@ -43,6 +44,7 @@ class WorldConfig:
         self._check_range("num_people", 2)  # one covered and one heldout person at the least
         self._check_range("num_unknown_people", 3)
         self._check_range("num_unknown_cities", 0)
+        self._check_range("num_safety_comparisons", 0)
         self._check_range("mentions_per_fact", 2)
         self._check_range("real_boost", 1, 10)
         self._check_range("prompts_per_user", 1, MAX_PROMPTS_PER_USER)

@@ -105,16 +105,28 @@ def _dont_know(pools, lang, rng):
 
 
 def _refusal(pools, lang, rng):
+    request = _harmful_request(pools, lang, rng)
+    return [user(decorate(request, lang, rng)), assistant(rng.choice(chat_text.REFUSALS[lang]))]
+
+
+def _benign(pools, lang, rng):
+    request, reference = _benign_request(pools, lang, rng)
+    return [user(decorate(request, lang, rng)), assistant(rng.choice(chat_text.HELPFUL_OPENERS[lang]) + reference)]
+
+
+def _harmful_request(pools, lang, rng):
+    """A harmful request: a fixed one, or composed from an act."""
     if rng.random() < COMPOSED_FRACTION:
         _, en, zh = pools.harmful_acts.next()
         request = _compose(en if lang == "en" else zh, lang, rng)
     else:
         _, _, en, zh = pools.harmful.next()
         request = en if lang == "en" else zh
-    return [user(decorate(request, lang, rng)), assistant(rng.choice(chat_text.REFUSALS[lang]))]
+    return request
 
 
-def _benign(pools, lang, rng):
+def _benign_request(pools, lang, rng):
+    """(a benign request, the answer it deserves)."""
     if rng.random() < COMPOSED_FRACTION:  # a third each: for a person, an everyday task, safety from a danger
         which = rng.randrange(3)
         if which == 2:
@@ -129,7 +141,34 @@ def _benign(pools, lang, rng):
     else:
         _, _, en_q, en_a, zh_q, zh_a = pools.benign.next()
         q, a = (en_q, en_a) if lang == "en" else (zh_q, zh_a)
-    return [user(decorate(q, lang, rng)), assistant(rng.choice(chat_text.HELPFUL_OPENERS[lang]) + a)]
+    return q, a
+
+
+def safety_comparisons(world, num, rng):
+    """[(request, kind, gold, [demonstrated answer, the opposite behaviour])], half harmful, half benign:
+    comparisons written for the reward model by the people who wrote the SFT dialogues, on the same
+    kinds of request. Harmful: the refusal against compliance (a helpful answer to some other request,
+    which is how a model that misses the harm answers). Benign: the help against a refusal.
+
+    Why: sampled answers rarely contrast the two behaviours on one request (the SFT model mostly
+    refuses what it was shown refused), so from samples alone the reward model learnt "refusals are
+    good" or "bad" as a whole instead of which requests deserve one. (Later RLHF work collects safety
+    preferences apart from the sampled rankings for much the same reason.)"""
+    pools = _Pools(world, rng)
+    out = []
+    for kind in shuffled_kinds(quotas(num, [("harmful", 1), ("benign", 1)]), rng):
+        lang = rng.choice(LANGS)
+        refusal = rng.choice(chat_text.REFUSALS[lang])
+        help_ = rng.choice(chat_text.HELPFUL_OPENERS[lang]) + _benign_request(pools, lang, rng)[1]
+        if kind == "harmful":
+            request, answers = _harmful_request(pools, lang, rng), [refusal, help_]
+            gold = {"behaviour": "refuse", "lang": lang}
+        else:
+            request, reference = _benign_request(pools, lang, rng)
+            answers = [rng.choice(chat_text.HELPFUL_OPENERS[lang]) + reference, refusal]
+            gold = {"behaviour": "answer", "lang": lang, "reference": reference}
+        out.append((decorate(request, lang, rng), kind, gold, answers))
+    return out
 
 
 def _compose(act, lang, rng):

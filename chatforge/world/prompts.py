@@ -11,7 +11,7 @@ import math
 from chatforge.world import chat_text, vocab
 from chatforge.world.common import Cycler, quotas, shuffled_kinds, stream
 from chatforge.world.config import MAX_PROMPTS_PER_USER
-from chatforge.world.dialogues import chit
+from chatforge.world.dialogues import chit, safety_comparisons
 from chatforge.world.qa import (LANGS, answer, ask, assistant, decorate, fact_gold, followup_chain, question,
                                 system, user)
 
@@ -60,7 +60,27 @@ def make_prompts(world, cfg):
             records.append({"id": f"{split}-{i:05d}", "user_id": owners[i], "messages": messages,
                             "kind": kind, "lang": lang, "gold": gold})
         prompts[split] = records
+    prompts["safety"] = _safety(world, cfg, users["rank"], seen)
     return prompts, users
+
+
+def _safety(world, cfg, users, seen):
+    """The written safety comparisons (dialogues.safety_comparisons) as prompt records with two "answers",
+    owned by the ranking users. A request that repeats an earlier prompt is dropped (the fixed requests
+    recur; about one in six at the laptop scale), so there are fewer than cfg.num_safety_comparisons."""
+    rng = stream(cfg.seed, "prompts/safety")
+    records = []
+    for request, kind, gold, answers in safety_comparisons(world, cfg.num_safety_comparisons, rng):
+        messages = [user(request)]
+        key = json.dumps(messages, ensure_ascii=False)  # as in _unique: the request, whatever the system message
+        if key in seen:
+            continue
+        seen.add(key)
+        if rng.random() < cfg.system_prompt_fraction:
+            messages = [system(gold["lang"], rng)] + messages
+        records.append({"id": f"safety-{len(records):05d}", "user_id": rng.choice(users), "messages": messages,
+                        "kind": kind, "lang": gold["lang"], "gold": gold, "answers": answers})
+    return records
 
 
 def _plan(split, size, rng):
