@@ -143,6 +143,9 @@ def test_tiny_reward_pipeline_resumes_and_loads_in_transformers(tiny_copy):
     out = cli("eval", "--run", str(run), "--stage", "reward")
     result = json.loads((run / "eval" / "reward.json").read_text())
     assert result["against"] == "gold judge" and "all" in result["pairwise_accuracy"]
+    written_held = [r for r in held if r.prompt_id in written]  # reported on their own line, not in the rows
+    assert result["heldout_prompts"] == len(held) - len(written_held)
+    assert ("written" in result) == bool(written_held)
     assert "Spearman" in out.stdout and -1 <= result["length_bias"] <= 1
     # the world's evaluation users: answers sampled from SFT with a fixed seed, ranked by the noiseless judge
     users = result["eval_users"]
