@@ -94,17 +94,16 @@ def sample_answers(model, tokenizer, prompts: list[dict], cfg, seed: int) -> lis
                     found[i][text] = g.finished
         if all(len(f) == cfg.k for f in found):
             break
-    records = []
-    for p, f in zip(prompts, found):
-        if len(f) < 2:  # a prompt the model answers the same way every time cannot be ranked
-            continue
-        record = {"prompt_id": p["id"], "user_id": p["user_id"], "messages": p["messages"],
-                  "answers": list(f), "finished": list(f.values())}
-        for key in ("kind", "lang", "gold"):
-            if key in p:
-                record[key] = p[key]
-        records.append(record)
-    return records
+    # a prompt the model answers the same way every time cannot be ranked
+    return [sample_record(p, list(f), list(f.values())) for p, f in zip(prompts, found) if len(f) >= 2]
+
+
+def sample_record(prompt: dict, answers: list[str], finished: list[bool], **extra) -> dict:
+    """One line of samples.jsonl: the prompt, its user, the answers (and the world's kind, language and gold)."""
+    record = {"prompt_id": prompt["id"], "user_id": prompt["user_id"], "messages": prompt["messages"],
+              "answers": answers, "finished": finished}
+    record.update({key: prompt[key] for key in ("kind", "lang", "gold") if key in prompt})
+    return {**record, **extra}
 
 
 def sample(run_dir: Path, recipe: Recipe) -> Path:
@@ -155,10 +154,7 @@ def written_comparisons(run_dir: Path, cfg) -> list[dict]:
     path = Path(run_dir) / "data" / "prompts" / "safety.jsonl"
     if cfg.prompts or not path.exists():
         return []
-    return [{"prompt_id": p["id"], "user_id": p["user_id"], "messages": p["messages"], "answers": p["answers"],
-             "finished": [True] * len(p["answers"]), "kind": p["kind"], "lang": p["lang"], "gold": p["gold"],
-             "source": "written"}
-            for p in read_prompts(path)[0]]
+    return [sample_record(p, p["answers"], [True] * len(p["answers"]), source="written") for p in read_prompts(path)[0]]
 
 
 def rank(run_dir: Path, recipe: Recipe) -> Path:
