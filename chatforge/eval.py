@@ -326,41 +326,42 @@ def reward_eval(run_dir: Path) -> dict:
 
     t0 = time.time()
     out_eval_users = _eval_users(run_dir, cfg, model, tokenizer, bias, judge) if judge else None
+    # the world's written safety comparisons are far easier than sampled answers: scored, but reported apart
+    written_ids = {pid for pid, s in samples.items() if s.get("source") == "written"} if judge else set()
+    written = [r for r in held if r.prompt_id in written_ids]
+    held = [r for r in held if r.prompt_id not in written_ids]
     rewards = score_texts(model, tokenizer, [(r.messages, a) for r in held for a in r.answers], cfg.max_len, bias)
     results: dict[str, list[float]] = {}
-    written: dict[str, list[float]] = {}  # the world's written safety comparisons: easy pairs, reported apart
     gold_totals, gold_rewards, gold_lengths, all_rewards, lengths, annotator_right = [], [], [], [], [], []
-    i = written_prompts = 0
+    i = 0
     for r in held:
         rs = rewards[i : i + len(r.answers)]
         i += len(r.answers)
-        s = samples.get(r.prompt_id) if judge else None
-        prompt = {"id": r.prompt_id, "messages": r.messages, "kind": r.kind, "gold": s["gold"]} if s else None
-        if s is not None and s.get("source") == "written":
-            _against_gold(judge, prompt, r.answers, s["finished"], rs, written)
-            written_prompts += 1
-            continue
         lengths_r = [len(tokenizer.encode(a, add_special_tokens=False)) for a in r.answers]
         lengths += lengths_r
         all_rewards += rs
+        s = samples.get(r.prompt_id) if judge else None
         if s is not None:  # the world: compare with the noiseless gold order
-            scores, gold_pairs = _against_gold(judge, prompt, r.answers, s["finished"], rs, results)
+            scores, gold_pairs = _against_gold(judge, _world_prompt(r, s), r.answers, s["finished"], rs, results)
             gold_totals += [sc.total for sc in scores]
             gold_rewards += rs
             gold_lengths += lengths_r
             annotator_right += [_agreement(-r.ranks[b], -r.ranks[w]) for b, w in gold_pairs]  # a lower rank is better
         else:  # your own rankings: compare with their own order
             results.setdefault("all", []).extend(_agreement(rs[b], rs[w]) for b, w in pairs(r.ranks))
+    written_results = _gold_results(model, tokenizer, judge, [
+        (_world_prompt(r, samples[r.prompt_id]), r.answers, samples[r.prompt_id]["finished"]) for r in written],
+        cfg.max_len, bias)
     out = {
         "stage": "reward", "model": str(run_dir / "reward"), "against": "gold judge" if gold_totals else "rankings file",
-        "heldout_prompts": len(held) - written_prompts, "heldout_answers": len(all_rewards),
+        "heldout_prompts": len(held), "heldout_answers": len(all_rewards),
         **_accuracies(results),
         "length_bias": round(pearson(all_rewards, lengths), 4),
         "mean_reward": round(sum(all_rewards) / max(1, len(all_rewards)), 4),
         "bias": round(bias, 6),
     }
-    if written:
-        out["written"] = _accuracies(written)
+    if written_results:
+        out["written"] = _accuracies(written_results)
     if gold_totals:
         out["spearman_gold"] = round(spearman(gold_rewards, gold_totals), 4)
         out["gold_length_bias"] = round(pearson(gold_totals, gold_lengths), 4)
@@ -373,6 +374,11 @@ def reward_eval(run_dir: Path) -> dict:
     return out
 
 
+def _world_prompt(ranking, sample: dict) -> dict:
+    """The prompt record the judge scores: a ranking's conversation with its sample's gold."""
+    return {"id": ranking.prompt_id, "messages": ranking.messages, "kind": ranking.kind, "gold": sample["gold"]}
+
+
 EVAL_USERS_SEED = 77_777  # the evaluation users' sampled answers are the same in every evaluation of a run
 
 
@@ -381,7 +387,6 @@ def _eval_users(run_dir: Path, cfg, model, tokenizer, bias: float, judge) -> dic
     anything, and far more of them than the held-out share of the ranking users. The SFT model answers each
     prompt up to K times, as in `chatforge sample`; the judge ranks the answers without noise."""
     from chatforge.feedback import read_prompts, sample_answers
-    from chatforge.train.reward import score_texts
 
     prompts_file, sft_dir = run_dir / "data" / "prompts" / "eval.jsonl", run_dir / "sft"
     if not prompts_file.exists() or not (sft_dir / "config.json").exists():
@@ -389,14 +394,25 @@ def _eval_users(run_dir: Path, cfg, model, tokenizer, bias: float, judge) -> dic
     prompts, _ = read_prompts(prompts_file)
     sft = load_causal_lm(sft_dir).eval()
     records = sample_answers(sft, tokenizer, prompts, cfg, EVAL_USERS_SEED)
-    rewards = score_texts(model, tokenizer, [(r["messages"], a) for r in records for a in r["answers"]], cfg.max_len, bias)
+    results = _gold_results(model, tokenizer, judge, [
+        ({"id": r["prompt_id"], "messages": r["messages"], "kind": r.get("kind", ""), "gold": r["gold"]}, r["answers"],
+         r["finished"]) for r in records], cfg.max_len, bias)
+    return {"prompts": len(records), **_accuracies(results)}
+
+
+def _gold_results(model, tokenizer, judge, items: list[tuple[dict, list[str], list[bool]]], max_len: int,
+                  bias: float) -> dict[str, list[float]]:
+    """The reward model's agreement with the gold order, per pair, by category: items are (prompt with its gold,
+    answers, finished), each scored in one batch."""
+    from chatforge.train.reward import score_texts
+
+    rewards = score_texts(model, tokenizer, [(p["messages"], a) for p, answers, _ in items for a in answers], max_len, bias)
     results: dict[str, list[float]] = {}
     i = 0
-    for r in records:
-        prompt = {"id": r["prompt_id"], "messages": r["messages"], "kind": r.get("kind", ""), "gold": r["gold"]}
-        _against_gold(judge, prompt, r["answers"], r["finished"], rewards[i : i + len(r["answers"])], results)
-        i += len(r["answers"])
-    return {"prompts": len(records), **_accuracies(results)}
+    for prompt, answers, finished in items:
+        _against_gold(judge, prompt, answers, finished, rewards[i : i + len(answers)], results)
+        i += len(answers)
+    return results
 
 
 def _against_gold(judge, prompt: dict, answers: list[str], finished: list[bool], rewards: list[float],
