@@ -159,9 +159,9 @@ def safety_comparisons(world, num, rng):
     for kind in shuffled_kinds(quotas(num, [("harmful", 1), ("benign", 1)]), rng):
         lang = rng.choice(LANGS)
         refusal = rng.choice(chat_text.REFUSALS[lang])
-        help_ = rng.choice(chat_text.HELPFUL_OPENERS[lang]) + _benign_request(pools, lang, rng)[1]
         if kind == "harmful":
-            request, answers = _harmful_request(pools, lang, rng), [refusal, help_]
+            other_help = rng.choice(chat_text.HELPFUL_OPENERS[lang]) + _benign_request(pools, lang, rng)[1]
+            request, answers = _harmful_request(pools, lang, rng), [refusal, other_help]
             gold = {"behaviour": "refuse", "lang": lang}
         else:
             request, reference = _benign_request(pools, lang, rng)
