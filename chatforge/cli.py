@@ -8,7 +8,7 @@
     chatforge sample    --run runs/NAME          (K answers per ranking prompt from the SFT model)
     chatforge rank      --run runs/NAME          (the gold judge ranks them: rankings/rankings.jsonl)
     chatforge reward    --run runs/NAME [--rankings FILE] [--skip-invalid]
-    chatforge ppo       --run runs/NAME [--prompts FILE] [--skip-invalid] [--ptx-coef G] [--out DIR]
+    chatforge ppo       --run runs/NAME [--prompts FILE] [--skip-invalid] [--ptx-coef G] [--reward judge] [--out DIR]
     chatforge eval      --run runs/NAME --stage base|sft|reward|ppo
     chatforge report    --run runs/NAME          (re-render runs/NAME/report.html)
     chatforge chat      MODEL_DIR [--system TEXT] [--temperature T] [--no-moderation]
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompts", help="prompt file (JSONL with 'messages' or 'prompt'); default: the world's PPO prompts")
             p.add_argument("--skip-invalid", action="store_true", help="skip and count empty or over-long prompts")
             p.add_argument("--ptx-coef", type=float, help="weight of the pretraining loss (PPO-ptx); 0 for plain PPO")
+            p.add_argument("--reward", choices=("model", "judge"),
+                           help="score answers with the reward model (default) or, on the world, with the gold judge "
+                                "itself: a perfect reward model, to tell PPO's limits from the reward model's")
             p.add_argument("--out", default="ppo", help="directory in the run to write the policy to (default: ppo)")
         if name == "eval":
             p.add_argument("--stage", default="base",
@@ -120,6 +123,8 @@ def resolve_recipe(args):
         overrides.append(f"{section}.prompts={args.prompts}")
     if getattr(args, "ptx_coef", None) is not None:
         overrides.append(f"ppo.ptx_coef={args.ptx_coef}")
+    if getattr(args, "reward", None):
+        overrides.append(f"ppo.reward={args.reward}")
     if getattr(args, "rankings", None):
         overrides.append(f"reward.rankings={args.rankings}")
     recipe = load_recipe(path, overrides)

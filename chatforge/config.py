@@ -194,6 +194,9 @@ class PPOConfig:
 
     prompts: str = ""  # prompts to answer (JSONL: "messages" or "prompt", optional "id", "user_id"); empty: the world's
     skip_invalid: bool = False  # skip (and count) empty or over-long prompts instead of stopping at the first
+    # what scores the answers: "model", the trained reward model (InstructGPT); "judge", the world's gold judge itself,
+    # a perfect reward model: set beside a "model" run, it tells PPO's limits from the reward model's (world prompts only)
+    reward: str = "model"
     iterations: int = 24  # rollout + optimisation rounds (the laptop's reward model is over-optimised past ~20)
     batch_size: int = 64  # episodes (one prompt, one sampled answer) per iteration, summed over all processes
     minibatches: int = 2  # optimizer steps per PPO epoch: the batch is cut into this many minibatches
@@ -240,6 +243,8 @@ class PPOConfig:
             raise ConfigError("ppo.gamma and ppo.lam must be in [0, 1]")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"ppo.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        if self.reward not in ("model", "judge"):
+            raise ConfigError(f"ppo.reward must be model or judge, got {self.reward!r}")
 
 
 @dataclass

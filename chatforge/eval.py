@@ -332,6 +332,7 @@ def reward_eval(run_dir: Path) -> dict:
     held = [r for r in held if r.prompt_id not in written_ids]
     rewards = score_texts(model, tokenizer, [(r.messages, a) for r in held for a in r.answers], cfg.max_len, bias)
     results: dict[str, list[float]] = {}
+    picks: list[tuple[float, float, float]] = []
     gold_totals, gold_rewards, gold_lengths, all_rewards, lengths, annotator_right = [], [], [], [], [], []
     i = 0
     for r in held:
@@ -342,14 +343,14 @@ def reward_eval(run_dir: Path) -> dict:
         all_rewards += rs
         s = samples.get(r.prompt_id) if judge else None
         if s is not None:  # the world: compare with the noiseless gold order
-            scores, gold_pairs = _against_gold(judge, _world_prompt(r, s), r.answers, s["finished"], rs, results)
+            scores, gold_pairs = _against_gold(judge, _world_prompt(r, s), r.answers, s["finished"], rs, results, picks)
             gold_totals += [sc.total for sc in scores]
             gold_rewards += rs
             gold_lengths += lengths_r
             annotator_right += [_agreement(-r.ranks[b], -r.ranks[w]) for b, w in gold_pairs]  # a lower rank is better
         else:  # your own rankings: compare with their own order
             results.setdefault("all", []).extend(_agreement(rs[b], rs[w]) for b, w in pairs(r.ranks))
-    written_results = _gold_results(model, tokenizer, judge, [
+    written_results, _ = _gold_results(model, tokenizer, judge, [
         (_world_prompt(r, samples[r.prompt_id]), r.answers, samples[r.prompt_id]["finished"]) for r in written],
         cfg.max_len, bias)
     out = {
@@ -367,6 +368,7 @@ def reward_eval(run_dir: Path) -> dict:
         out["gold_length_bias"] = round(pearson(gold_totals, gold_lengths), 4)
         # how often the (noisy) annotators themselves agree with the gold order: the ceiling of what the RM can learn
         out["annotator_agreement"] = round(sum(annotator_right) / max(1, len(annotator_right)), 4)
+        out["best_of_k"] = best_of(picks)
     if out_eval_users:
         out["eval_users"] = out_eval_users
     out["seconds"] = round(time.time() - t0, 1)
@@ -394,41 +396,57 @@ def _eval_users(run_dir: Path, cfg, model, tokenizer, bias: float, judge) -> dic
     prompts, _ = read_prompts(prompts_file)
     sft = load_causal_lm(sft_dir).eval()
     records = sample_answers(sft, tokenizer, prompts, cfg, EVAL_USERS_SEED)
-    results = _gold_results(model, tokenizer, judge, [
+    results, picks = _gold_results(model, tokenizer, judge, [
         ({"id": r["prompt_id"], "messages": r["messages"], "kind": r.get("kind", ""), "gold": r["gold"]}, r["answers"],
          r["finished"]) for r in records], cfg.max_len, bias)
-    return {"prompts": len(records), **_accuracies(results)}
+    return {"prompts": len(records), **_accuracies(results), "best_of_k": best_of(picks)}
 
 
 def _gold_results(model, tokenizer, judge, items: list[tuple[dict, list[str], list[bool]]], max_len: int,
-                  bias: float) -> dict[str, list[float]]:
-    """The reward model's agreement with the gold order, per pair, by category: items are (prompt with its gold,
-    answers, finished), each scored in one batch."""
+                  bias: float) -> tuple[dict[str, list[float]], list[tuple[float, float, float]]]:
+    """The reward model's agreement with the gold order, per pair, by category, and its picks (see best_of):
+    items are (prompt with its gold, answers, finished), each scored in one batch."""
     from chatforge.train.reward import score_texts
 
     rewards = score_texts(model, tokenizer, [(p["messages"], a) for p, answers, _ in items for a in answers], max_len, bias)
     results: dict[str, list[float]] = {}
+    picks: list[tuple[float, float, float]] = []
     i = 0
     for prompt, answers, finished in items:
-        _against_gold(judge, prompt, answers, finished, rewards[i : i + len(answers)], results)
+        _against_gold(judge, prompt, answers, finished, rewards[i : i + len(answers)], results, picks)
         i += len(answers)
-    return results
+    return results, picks
 
 
 def _against_gold(judge, prompt: dict, answers: list[str], finished: list[bool], rewards: list[float],
-                  results: dict[str, list[float]]) -> tuple[list, list[tuple[int, int]]]:
+                  results: dict[str, list[float]], picks: list) -> tuple[list, list[tuple[int, int]]]:
     """Score one prompt's answers with the judge and, for every pair of its gold order, add whether `rewards`
-    order the pair the same way to results["all"] and to the pair's rubric category.
+    order the pair the same way to results["all"] and to the pair's rubric category; add to `picks` the gold
+    reward of an average answer, of the one the rewards rank first, and of the best.
     Returns (the judge's scores, the gold (better, worse) pairs)."""
     from chatforge.data.rankings import pairs
 
     scores = [judge.score(prompt, a, f) for a, f in zip(answers, finished)]
+    totals = [sc.total for sc in scores]
+    picks.append((sum(totals) / len(totals), totals[max(range(len(rewards)), key=rewards.__getitem__)], max(totals)))
     gold_pairs = pairs(judge.rank(prompt, answers, finished))
     for better, worse in gold_pairs:
         right = _agreement(rewards[better], rewards[worse])
         results.setdefault("all", []).append(right)
         results.setdefault(pair_category(prompt["kind"], scores[better], scores[worse]), []).append(right)
     return scores, gold_pairs
+
+
+def best_of(picks: list[tuple[float, float, float]]) -> dict:
+    """What choosing among K answers by the reward model is worth in gold reward, which is what PPO climbs.
+    picks: per prompt, (mean gold reward of its answers, gold reward of the answer the RM scores highest, the best
+    one's). Returns their means over prompts and `share`, the part of the gap from a random answer to the best
+    that the RM's pick closes: 1 always picks the best, 0 is no better than chance, below 0 worse than chance."""
+    if not picks:
+        return {"prompts": 0}
+    random_, picked, best = (sum(p[i] for p in picks) / len(picks) for i in range(3))
+    return {"prompts": len(picks), "random": round(random_, 4), "reward_model": round(picked, 4), "best": round(best, 4),
+            "share": round((picked - random_) / (best - random_), 4) if best > random_ else None}
 
 
 def _accuracies(results: dict[str, list[float]]) -> dict:
@@ -441,6 +459,14 @@ def _accuracy_rows(result: dict) -> list[str]:
     return [f"    pairwise accuracy {k:<10} {v:6.1%}  ({result['pairs'][k]} pairs)" for k, v in result["pairwise_accuracy"].items()]
 
 
+def _best_of_rows(b: dict | None) -> list[str]:
+    if not b or not b.get("prompts"):
+        return []
+    share = f"{b['share']:+.0%} of the way from random to best" if b["share"] is not None else "all answers equal"
+    return [f"    best of K by the RM (gold) {b['reward_model']:+.3f}  (random answer {b['random']:+.3f}, best {b['best']:+.3f}: "
+            f"{share})"]
+
+
 def format_reward_table(result: dict) -> str:
     lines = [f"eval of the reward model ({result['model']}), {result['heldout_prompts']} held-out prompts "
              f"of held-out users, against the {result['against']}:"]
@@ -451,10 +477,12 @@ def format_reward_table(result: dict) -> str:
     if "spearman_gold" in result:
         lines.append(f"    Spearman with gold score {result['spearman_gold']:+.3f}")
         lines.append(f"    annotators vs gold       {result['annotator_agreement']:6.1%}")
+        lines += _best_of_rows(result.get("best_of_k"))
     if "eval_users" in result:
         ev = result["eval_users"]
         lines.append(f"  on {ev['prompts']} evaluation prompts (users who never ranked), answers sampled from SFT, gold order:")
         lines += _accuracy_rows(ev)
+        lines += _best_of_rows(ev.get("best_of_k"))
     lines.append(f"    length bias (corr. of reward with answer length) {result['length_bias']:+.3f}"
                  + (f", gold's {result['gold_length_bias']:+.3f}" if "gold_length_bias" in result else ""))
     return "\n".join(lines)

@@ -96,7 +96,8 @@ def generate(
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    kv = {cache_keyword(model): cache}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kv, use_cache=True, logits_to_keep=1)
     next_pos = positions[:, -1:] + 1
     stops = torch.tensor(stop_ids, device=device)
     rows = torch.arange(len(prompts), device=device)  # the original row of each row still in the batch
@@ -121,9 +122,18 @@ def generate(
             cache.batch_select_indices(keep)
             rows, tok, mask, next_pos, done = rows[keep], tok[keep], mask[keep], next_pos[keep], done[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, **kv, use_cache=True)
         next_pos = next_pos + 1
     return _collect(torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in prompts], set(stop_ids))
+
+
+def cache_keyword(model) -> str:
+    """The keyword under which the model's forward takes its KV cache: `cache` in the transformers releases that
+    renamed it (which warn that `past_key_values` goes away in 5.40), `past_key_values` in the earlier ones."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model: the wrapped one
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _collect(rows: list[list[int]], stops: set[int]) -> list[Generation]:

@@ -88,6 +88,18 @@ def _rates(accuracy: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1%}" for k, v in accuracy.items())
 
 
+def _best_of_k(rm: dict) -> list[str]:
+    """A paragraph on what choosing by the reward model is worth in gold reward (eval.best_of), if measured."""
+    found = [(where, b) for where, b in (("held-out users", rm.get("best_of_k")),
+                                         ("evaluation users", rm.get("eval_users", {}).get("best_of_k")))
+             if b and b.get("prompts")]
+    if not found:
+        return []
+    return ["<p>Best of K by the reward model (what PPO climbs): " + "; ".join(
+        f"{where}, the answer it ranks first scores {b['reward_model']:+.3f} in gold reward against {b['random']:+.3f} "
+        f"for a random one of the K and {b['best']:+.3f} for the best" for where, b in found) + ".</p>"]
+
+
 def reward_plot(rm: dict) -> str:
     fig, ax = _figure(4.5, 3.0)
     series = [("held-out ranking users", rm["pairwise_accuracy"])]
@@ -192,6 +204,7 @@ def render(run_dir: Path) -> Path:
                   *([f"<p>On {rm['eval_users']['prompts']} evaluation prompts (users who never ranked; held-out request "
                      f"wordings and entities), SFT's sampled answers: {_rates(rm['eval_users']['pairwise_accuracy'])}.</p>"]
                     if "eval_users" in rm else []),
+                  *_best_of_k(rm),
                   *([f"<p>Held-out written safety comparisons (refusal against help, not counted above): "
                      f"{rm['written']['pairwise_accuracy']['all']:.1%} of {rm['written']['pairs']['all']} pairs.</p>"]
                     if "written" in rm else []),

@@ -298,6 +298,33 @@ def test_a_reward_model_with_another_tokenizer_is_refused(rm_copy, chat_model):
 
 
 @pytest.mark.slow
+def test_the_gold_judge_can_stand_in_for_the_reward_model(rm_copy, tmp_path):
+    """ppo.reward=judge: every answer's reward is its gold reward (less the penalty if it never ended), so the proxy
+    and the gold curves coincide; it needs the world's prompts, and says so for the user's own."""
+    from chatforge.train import ppo
+    from chatforge.world.judge import Judge
+
+    run = rm_copy("judge")
+    cfg, d, policy, value, ref, rm, _, tok, prompts, _ = _iteration(run)
+    judge = Judge.from_world(run / "data")
+    scorer = ppo.JudgeScorer(judge, unfinished_penalty=0.5)
+    some = prompts[:4]
+    texts = ["Sorry, I can't help with that.", "I don't know.", "Paris.", "你好！"]
+    score, own = scorer(some, texts, [True, True, False, True])
+    gold = [judge.score(p, t, f).total for p, t, f in zip(some, texts, [True, True, False, True])]
+    assert own.tolist() == pytest.approx(gold) and (own - score).tolist() == pytest.approx([0, 0, 0.5, 0])
+    batch = ppo.rollout(policy, value, ref, scorer, prompts[:8], tok, cfg, 0.05, judge, d.device)
+    assert batch.stats["reward/rm"] == pytest.approx(batch.stats["reward/gold"])
+
+    out = cli("ppo", "--run", str(run), "--reward", "judge", "--out", "ppo-judge", "--set", "ppo.iterations=1")
+    assert "reward: the gold judge" in out.stdout + out.stderr and (run / "ppo-judge" / "summary.json").exists()
+    own_prompts = tmp_path / "prompts.jsonl"
+    own_prompts.write_text(json.dumps({"prompt": "What is the capital of France?"}) + "\n")
+    out = cli("ppo", "--run", str(run), "--reward", "judge", "--prompts", str(own_prompts), "--out", "ppo-mine", check=False)
+    assert out.returncode == 2 and "world's own prompts" in out.stderr, out.stderr
+
+
+@pytest.mark.slow
 def test_two_processes_run_ppo_with_ddp(rm_copy):
     """torchrun with 2 processes: each answers half of every iteration's prompts, gradients are averaged by DDP
     (two forwards, the PPO loss and the ptx loss, before one backward), rank 0 alone logs and saves."""

@@ -78,6 +78,17 @@ def test_pairs_and_accuracy():
     assert right == 1.5
 
 
+def test_best_of_k_by_hand():
+    from chatforge.eval import best_of
+
+    # (mean gold of the K answers, gold of the RM's pick, gold of the best), per prompt
+    b = best_of([(0.5, 1.0, 1.0), (0.2, -0.4, 0.6), (0.7, 0.7, 0.7)])
+    assert b["prompts"] == 3
+    assert (b["random"], b["reward_model"], b["best"]) == pytest.approx((0.4667, 0.4333, 0.7667), abs=1e-4)
+    assert b["share"] == pytest.approx((0.4333 - 0.4667) / (0.7667 - 0.4667), abs=1e-3)  # below 0: worse than chance
+    assert best_of([(0.3, 0.3, 0.3)])["share"] is None and best_of([]) == {"prompts": 0}
+
+
 def test_loss_gradient_reaches_only_what_made_the_rewards():
     rewards = torch.tensor([[0.2, -0.1, 0.4]], requires_grad=True)
     frozen = torch.tensor([[1.0, 2.0, 3.0]])  # e.g. a reference: not part of the loss
@@ -151,6 +162,9 @@ def test_tiny_reward_pipeline_resumes_and_loads_in_transformers(tiny_copy):
     users = result["eval_users"]
     assert users["prompts"] >= 1 and "evaluation prompts" in out.stdout
     assert users["pairs"]["all"] == sum(n for k, n in users["pairs"].items() if k != "all")
+    for b in (result["best_of_k"], users["best_of_k"]):  # the RM's pick lies between the worst and the best answer
+        assert b["prompts"] >= 1 and b["random"] <= b["best"] and -1 <= b["reward_model"] <= b["best"]
+    assert "best of K by the RM" in out.stdout
     cli("eval", "--run", str(run), "--stage", "reward")
     assert json.loads((run / "eval" / "reward.json").read_text())["eval_users"] == users, "the same answers every time"
 

@@ -299,14 +299,31 @@ class Scorer:
         self.max_len, self.penalty = max_len, unfinished_penalty
 
     @torch.no_grad()
-    def __call__(self, messages: list[list[dict]], texts: list[str], finished: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, prompts: list[dict], texts: list[str], finished: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """(score with penalty [B], the reward model's own score [B])."""
         from chatforge.train.reward import answer_ids, rewards_of_seqs
 
-        seqs = [answer_ids(self.tokenizer, m, t, self.max_len) for m, t in zip(messages, texts)]
+        seqs = [answer_ids(self.tokenizer, p["messages"], t, self.max_len) for p, t in zip(prompts, texts)]
         raw = torch.tensor(rewards_of_seqs(self.model, seqs, self.tokenizer.pad_token_id)) + self.bias
-        penalty = torch.tensor([0.0 if f else self.penalty for f in finished])
-        return raw - penalty, raw
+        return raw - _unfinished(finished, self.penalty), raw
+
+
+class JudgeScorer:
+    """The gold judge's total as the reward (ppo.reward = "judge"): PPO with a perfect reward model. Beside a run
+    against the trained reward model, it shows what PPO itself can do here and how much the reward model's
+    errors cost. An answer that never ended is judged as cut there (its fluency), less the same penalty."""
+
+    def __init__(self, judge, unfinished_penalty: float):
+        self.judge, self.penalty = judge, unfinished_penalty
+
+    def __call__(self, prompts: list[dict], texts: list[str], finished: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score with penalty [B], the judge's own score [B])."""
+        gold = torch.tensor([self.judge.score(p, t, f).total for p, t, f in zip(prompts, texts, finished)])
+        return gold - _unfinished(finished, self.penalty), gold
+
+
+def _unfinished(finished: list[bool], penalty: float) -> torch.Tensor:
+    return torch.tensor([0.0 if f else penalty for f in finished])
 
 
 @torch.no_grad()
@@ -335,7 +352,7 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
         old_logp = token_logprobs(old_logits, tokens)
         ref_logp = token_logprobs(answer_logits(reference, ids, attention, positions, width), tokens)
         values = answer_values(value_model, ids, attention, positions, width) * mask
-    score, rm_score = scorer([p["messages"] for p in prompts], texts, finished)
+    score, rm_score = scorer(prompts, texts, finished)
     score, rm_score = score.to(device), rm_score.to(device)
     kl = kl_k1(old_logp, ref_logp) * mask
     rewards = token_rewards(score, kl, mask, beta)
@@ -343,7 +360,7 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
     advantages = masked_whiten(advantages, mask)
     lengths = mask.sum(1)
     stats = {
-        "reward/rm": float(rm_score.mean()),  # the reward model's score alone: the proxy
+        "reward/rm": float(rm_score.mean()),  # the scorer's own score: the proxy (the judge's with ppo.reward=judge)
         "reward/score": float(score.mean()),  # with the unfinished penalty: what PPO maximises, less the KL term
         "reward/total": float((rewards * mask).sum(1).mean()),  # score - β·KL per answer
         "kl": float(kl.sum(1).mean()),  # nats per answer, k1 summed over its tokens
@@ -456,7 +473,13 @@ def run(run_dir: Path, recipe: Recipe, out: str = STAGE) -> dict:
         raise UserError(f"ppo.batch_size ({cfg.batch_size}) must divide over {d.world_size} process(es) "
                         f"into a multiple of ppo.minibatches ({cfg.minibatches})")
     judge = _judge(run_dir) if any("gold" in p for p in prompts) else None
-    scorer = Scorer(reward_model, bias, tokenizer, context, cfg.unfinished_penalty)
+    if cfg.reward == "judge":
+        if judge is None or not all("gold" in p for p in prompts):
+            raise UserError("ppo.reward=judge scores answers with the world's gold judge, so it needs the world's own "
+                            "prompts (with their gold); use ppo.reward=model with your own prompts")
+        scorer = JudgeScorer(judge, cfg.unfinished_penalty)
+    else:
+        scorer = Scorer(reward_model, bias, tokenizer, context, cfg.unfinished_penalty)
     ptx = _ptx_sampler(run_dir, recipe, tokenizer) if cfg.ptx_coef > 0 else None
     opt_policy = make_optimizer(policy, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     opt_value = make_optimizer(value_model, cfg.value_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
@@ -475,7 +498,8 @@ def run(run_dir: Path, recipe: Recipe, out: str = STAGE) -> dict:
     dist.print0(f"ppo: {len(prompts)} prompts ({report['path']}), {cfg.iterations} iterations of {cfg.batch_size} "
                 f"episodes, {cfg.ppo_epochs} epochs x {cfg.minibatches} minibatches, β {state['beta']:.3f}"
                 f"{' (adaptive, target KL ' + str(cfg.target_kl) + ')' if cfg.adaptive_kl else ''}, "
-                f"ptx γ {cfg.ptx_coef}, {d.world_size} process(es)")
+                f"ptx γ {cfg.ptx_coef}, {d.world_size} process(es)"
+                f"{'; reward: the gold judge (a perfect reward model)' if cfg.reward == 'judge' else ''}")
     bar = progress(cfg.iterations, state["step"], "ppo")
     for it in range(state["step"], cfg.iterations):
         t0 = time.perf_counter()
