@@ -68,6 +68,28 @@ def test_padding_answers_changes_nothing():
     assert (loss4, pairs4) == (pytest.approx(loss3), pairs3)
 
 
+def test_prompts_with_fewer_answers_add_no_rows():
+    """A batch mixing K = 3 and K = 2 prompts runs 5 answers, not 6; each reward lands on its prompt's row of the
+    [B, K] grid, and the loss is the same as for the two prompts alone."""
+    from types import SimpleNamespace
+
+    from chatforge.train.reward import collate, on_grid
+
+    items = [SimpleNamespace(seqs=[[5, 6, 7], [5, 8], [5, 9, 9, 9]], ranks=[1, 0, 2]),
+             SimpleNamespace(seqs=[[4, 4], [4]], ranks=[0, 1])]
+    ids, lengths, ranks, valid = collate(items, pad_id=0)
+    assert ids.shape == (5, 4) and lengths.tolist() == [3, 2, 4, 2, 1]
+    assert ranks.tolist() == [[1, 0, 2], [0, 1, 0]] and valid.tolist() == [[True] * 3, [True, True, False]]
+    rewards = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], requires_grad=True)
+    grid = on_grid(rewards, valid)
+    torch.testing.assert_close(grid, torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.0]]))
+    loss, pairs = ranking_loss(grid, ranks, valid)
+    assert pairs.tolist() == [3, 1]
+    assert float(loss[1].detach()) == pytest.approx(loss_of([0.4, 0.5], [0, 1])[0])
+    loss.sum().backward()
+    assert rewards.grad.abs().min() > 0, "every answer gets a gradient through the grid"
+
+
 def test_pairs_and_accuracy():
     ranks = torch.tensor([[0, 1, 1]])
     valid = torch.ones(1, 3, dtype=torch.bool)

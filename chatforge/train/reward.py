@@ -89,6 +89,11 @@ def answer_ids(tokenizer, messages: list[dict], answer: str, max_len: int) -> li
     return ids[: last + 1][-max_len:]
 
 
+def on_grid(rewards_N: torch.Tensor, valid_BK: torch.Tensor) -> torch.Tensor:
+    """[B, K] rewards from the N = valid_BK.sum() real answers (prompt-major), 0 where there is no answer."""
+    return torch.zeros(valid_BK.shape, dtype=rewards_N.dtype, device=rewards_N.device).masked_scatter(valid_BK, rewards_N)
+
+
 def rewards_of(model, ids_NT: torch.Tensor, lengths_N: torch.Tensor) -> torch.Tensor:
     """Scalar reward [N] per right-padded sequence (no bias): the classification model's own forward, which
     reads the head at the last token that is not padding (answers end with <|im_end|>, never with the pad
@@ -162,12 +167,12 @@ class Encoded:
 
 
 def collate(items: list[Encoded], pad_id: int):
-    """(ids [N, T], lengths [N], ranks [B, K], valid [B, K]) with N = B·K rows, prompt-major."""
+    """(ids [N, T], lengths [N], ranks [B, K], valid [B, K]): the N = Σ K_b answers of the B prompts, prompt-major
+    (no filler rows for prompts with fewer than K answers: `on_grid` puts their rewards in place)."""
     k = max(len(e.seqs) for e in items)
     seqs, ranks, valid = [], torch.zeros(len(items), k, dtype=torch.long), torch.zeros(len(items), k, dtype=torch.bool)
     for b, e in enumerate(items):
-        padded = e.seqs + [e.seqs[0]] * (k - len(e.seqs))  # filler rows, masked out by `valid`
-        seqs += padded
+        seqs += e.seqs
         ranks[b, : len(e.ranks)] = torch.tensor(e.ranks)
         valid[b, : len(e.seqs)] = True
     ids, lengths = pad_sequences(seqs, pad_id)
@@ -259,7 +264,7 @@ def run(run_dir: Path, recipe: Recipe) -> dict:
 def _step_loss(train_model, ids, lengths, ranks, valid, cfg, d) -> tuple[float, float]:
     """Forward/backward this process's prompts; returns (mean loss over prompts, pairwise accuracy) of the global batch."""
     with autocast(d.device, cfg.dtype):
-        rewards = rewards_of(train_model, ids, lengths).view(ranks.shape)
+        rewards = on_grid(rewards_of(train_model, ids, lengths), valid)
     per_prompt, pairs = ranking_loss(rewards, ranks, valid)
     prompts = dist.all_reduce_sum((pairs > 0).float().sum()).clamp(min=1)  # prompts with pairs, all processes
     # DDP averages gradients over processes, so each scales its sum by N / prompts: the mean over prompts
@@ -277,7 +282,7 @@ def evaluate(model, held: list[Encoded], pad_id: int, d, batch: int = 16) -> flo
     mine = held[d.rank :: d.world_size]
     for i in range(0, len(mine), batch):
         ids, lengths, ranks, valid = (x.to(d.device) for x in collate(mine[i : i + batch], pad_id))
-        r, t = pairwise_accuracy(rewards_of(model, ids, lengths).view(ranks.shape), ranks, valid)
+        r, t = pairwise_accuracy(on_grid(rewards_of(model, ids, lengths), valid), ranks, valid)
         right, total = right + r, total + t
     sums = dist.all_reduce_sum(torch.tensor([right, float(total)], device=d.device))
     model.train()
