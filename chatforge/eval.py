@@ -127,17 +127,27 @@ def qa_eval(model, tokenizer, run_dir: Path, records: list[dict]) -> dict:
             "gold": {r["id"]: round(s.total, 4) for r, s in zip(records, scores)}}
 
 
+def interval95(xs: list[float]) -> tuple[float, float]:
+    """A 95% interval for the mean of xs, one value per prompt: mean ± 1.96 standard errors (the normal
+    approximation, fine for the hundreds of prompts evaluated). It says how far the mean would move on another
+    draw of prompts like these; a difference whose interval holds 0 (a win rate whose holds 50%) is noise. It
+    knows nothing of the spread between training runs, which comes on top."""
+    n = len(xs)
+    mean = sum(xs) / n
+    se = (sum((x - mean) ** 2 for x in xs) / max(n - 1, 1) / n) ** 0.5
+    return round(mean - 1.96 * se, 4), round(mean + 1.96 * se, 4)
+
+
 def win_rate(gold: dict[str, float], against: dict[str, float], records: list[dict]) -> dict:
     """The gold judge's verdict, prompt by prompt, of one model's greedy answers against another's: a higher
-    gold reward wins, an equal one is a tie (counted half); overall and per prompt kind."""
+    gold reward wins, an equal one is a tie (counted half); overall and per prompt kind, with a 95% interval."""
     out = {}
     for kind in [None] + sorted({r["kind"] for r in records}):
         ids = [r["id"] for r in records if (kind is None or r["kind"] == kind) and r["id"] in gold and r["id"] in against]
-        wins = sum(gold[i] > against[i] + 1e-9 for i in ids)
-        ties = sum(abs(gold[i] - against[i]) <= 1e-9 for i in ids)
+        outcomes = [1.0 if gold[i] > against[i] + 1e-9 else 0.5 if abs(gold[i] - against[i]) <= 1e-9 else 0.0 for i in ids]
         if ids:
-            out[kind or "all"] = {"win_rate": round((wins + 0.5 * ties) / len(ids), 4), "wins": wins, "ties": ties,
-                                  "losses": len(ids) - wins - ties}
+            out[kind or "all"] = {"win_rate": round(sum(outcomes) / len(ids), 4), "wins": outcomes.count(1.0),
+                                  "ties": outcomes.count(0.5), "losses": outcomes.count(0.0), "ci95": interval95(outcomes)}
     return out
 
 
@@ -201,7 +211,9 @@ def against_sft(run_dir: Path, model, tokenizer, result: dict, records: list[dic
     return {
         "win_rate": win_rate(result["qa"]["gold"], sft["qa"]["gold"], records),
         "gold_reward": {"sft": theirs["gold_reward"], "this": mine["gold_reward"],
-                        "delta": round(mine["gold_reward"] - theirs["gold_reward"], 4)},
+                        "delta": round(mine["gold_reward"] - theirs["gold_reward"], 4),
+                        "delta_ci95": interval95([result["qa"]["gold"][r["id"]] - sft["qa"]["gold"][r["id"]]
+                                                  for r in records if r["id"] in sft["qa"]["gold"]])},
         "fact_accuracy": {k: {"sft": theirs.get(k), "this": mine.get(k)} for k in ("fact_covered", "fact_heldout")},
         "fact_completion": {"sft": sft["fact_completion"]["accuracy"]["all"],
                             "this": result["fact_completion"]["accuracy"]["all"]},
@@ -226,10 +238,12 @@ def format_table(result: dict) -> str:
 
 def format_vs_sft(vs: dict) -> str:
     w = vs["win_rate"]["all"]
-    lines = ["  against the SFT model (held-out users, greedy, gold judge):",
-             f"    win rate               {w['win_rate']:6.1%}  ({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)",
-             f"    gold reward            {vs['gold_reward']['this']:+.3f} vs {vs['gold_reward']['sft']:+.3f} "
-             f"({vs['gold_reward']['delta']:+.3f})"]
+    g = vs["gold_reward"]
+    lines = ["  against the SFT model (held-out users, greedy, gold judge; 95% intervals over the prompts):",
+             f"    win rate               {w['win_rate']:6.1%}  ({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)"
+             + (f"  [{w['ci95'][0]:.1%}, {w['ci95'][1]:.1%}]" if "ci95" in w else ""),
+             f"    gold reward            {g['this']:+.3f} vs {g['sft']:+.3f} ({g['delta']:+.3f}"
+             + (f", [{g['delta_ci95'][0]:+.3f}, {g['delta_ci95'][1]:+.3f}])" if "delta_ci95" in g else ")")]
     for k, v in vs["fact_accuracy"].items():
         lines.append(f"    {k:<22} {v['this']:6.1%} vs {v['sft']:6.1%}")
     lines.append(f"    KL to SFT              {vs['kl_to_sft']:.2f} nats per answer (sampled at temperature 1)")

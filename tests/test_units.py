@@ -139,3 +139,18 @@ def test_read_jsonl_names_the_line_of_a_bad_byte(tmp_path):
     path.write_bytes(b"".join(b'{"text": "%d"}\n' % i for i in range(2000)) + b'{"text": "\xff"}\n')
     with pytest.raises(DataError, match=r"c.jsonl:2001: not UTF-8 text"):
         list(read_jsonl(path))
+
+
+def test_win_rate_counts_ties_half_and_gives_an_interval_over_prompts():
+    from chatforge.eval import interval95, win_rate
+
+    records = [{"id": str(i), "kind": "fact" if i < 4 else "harmful"} for i in range(6)]
+    mine = {"0": 1.0, "1": 0.5, "2": 0.2, "3": 0.2, "4": 1.0, "5": -0.35}
+    theirs = {"0": 0.5, "1": 0.5, "2": 0.6, "3": 0.2, "4": 1.0, "5": 1.0}
+    w = win_rate(mine, theirs, records)
+    assert (w["all"]["wins"], w["all"]["ties"], w["all"]["losses"]) == (1, 3, 2)
+    assert w["all"]["win_rate"] == pytest.approx(2.5 / 6, abs=1e-4) and w["harmful"]["win_rate"] == 0.25
+    # outcomes 1, .5, 0, .5, .5, 0: mean 5/12, sample sd sqrt(0.14167), 6 prompts
+    half = 1.96 * (0.141667 / 6) ** 0.5
+    assert w["all"]["ci95"] == pytest.approx((2.5 / 6 - half, 2.5 / 6 + half), abs=1e-4)
+    assert interval95([0.3, 0.3, 0.3]) == (0.3, 0.3)  # no spread, no doubt
