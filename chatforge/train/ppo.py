@@ -372,7 +372,9 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
         "gen_seconds": gen_seconds,
         "explained_variance": explained_variance(values, returns, mask),
     }
-    if judge is not None:
+    if isinstance(scorer, JudgeScorer):  # the scorer's own score is the gold reward: no need to judge twice
+        stats["reward/gold"] = stats["reward/rm"]
+    elif judge is not None:
         gold = [judge.score(p, t, f).total for p, t, f in zip(prompts, texts, finished) if "gold" in p]
         if gold:
             stats["reward/gold"] = sum(gold) / len(gold)
