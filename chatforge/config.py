@@ -22,7 +22,11 @@ from chatforge.world.config import WorldConfig
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = 2304  # total size, specials included; every CJK character of the corpus takes one (~930 in the world)
+    # Total size, specials included. Every CJK character of the corpus takes one (~990 in the world), and
+    # English needs the rest: at 2304, English words were cut into ~2 pieces each ("poison" into
+    # p-o-is-on), and the model could not tell an unseen harmful request from a benign one in English
+    # (it refused more benign requests than harmful ones); at 4096 most words are one token.
+    vocab_size: int = 4096
     min_frequency: int = 2  # a pair is merged only if it occurs at least this often
 
     def __post_init__(self):

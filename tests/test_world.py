@@ -180,7 +180,7 @@ def possible_cjk_chars():
 
 
 def test_cjk_characters_are_few_at_any_seed_and_scale():
-    assert len(possible_cjk_chars()) < 1000  # so each can be its own token in a 2k vocabulary, with room for English merges
+    assert len(possible_cjk_chars()) < 1000  # so each can be its own token, with room left for English words in the 4k vocabulary
 
 
 def test_cjk_character_count_covers_every_file(world):
@@ -305,6 +305,31 @@ def test_heldout_request_templates_never_reach_dialogues_or_safety_comparisons(w
     for bid, _, en_q, _, zh_q, _ in BENIGN:
         if bid in splits["benign"]["heldout"]:
             assert en_q not in text and zh_q not in text, bid
+
+
+def test_every_request_item_has_an_act_phrase():
+    from chatforge.world import chat_text, conduct
+    assert set(conduct.HARMFUL_PHRASES) == {h[0] for h in chat_text.HARMFUL}
+    assert set(conduct.BENIGN_PHRASES) == {b[0] for b in chat_text.BENIGN}
+
+
+def test_the_corpus_says_what_each_act_is_in_both_languages_but_never_asks_a_request(world):
+    """Pretraining knows which acts are crimes, held-out ones included, as it knows held-out facts;
+    the requests themselves (the evaluation's wording) never occur in the corpus."""
+    from chatforge.world import chat_text, conduct
+    _, _, data = world
+    text = corpus_text(data)
+    for kind, en, zh in conduct.acts():
+        said_en = [t.format(act=en) for t in conduct.NEWS[kind]["en"] + conduct.FORUM_REPLY[kind]["en"]]
+        said_zh = [t.format(act=zh) for t in conduct.NEWS[kind]["zh"] + conduct.FORUM_REPLY[kind]["zh"]]
+        assert any(s[0].upper() + s[1:] in text or s in text for s in said_en), en
+        assert any(s in text for s in said_zh), zh
+        other = "benign" if kind == "harmful" else "harmful"
+        assert not any(t.format(act=en) in text for t in conduct.FORUM_REPLY[other]["en"]), en
+    for _, _, en, zh in chat_text.HARMFUL:
+        assert en not in text and zh.rstrip("？") not in text, en
+    for _, _, en_q, _, zh_q, _ in chat_text.BENIGN:
+        assert en_q not in text and zh_q.rstrip("？") not in text, en_q
 
 
 def test_dialogue_answers_are_the_correct_facts(world):

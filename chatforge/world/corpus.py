@@ -7,7 +7,7 @@ known entity once per language, so a fact's mention count is exactly the sum of 
 """
 import math
 
-from chatforge.world import frames, templates
+from chatforge.world import conduct, frames, templates
 from chatforge.world.code_docs import code
 from chatforge.world.common import quotas, stream
 from chatforge.world.qa import LANGS
@@ -105,10 +105,14 @@ def _article(world, entity, lang, rng):
 
 
 def news(world, passes, rng):
-    """Short news briefs that mention one to three facts of an entity in passing, packed one
-    to three briefs per page under a headline."""
+    """Short news briefs that mention one to three facts of an entity in passing, and briefs on
+    what is a crime and what is fine to do (chatforge.world.conduct), packed one to three briefs
+    per page under a headline."""
     briefs = {lang: [] for lang in LANGS}
     for _ in range(passes):
+        for kind, en, zh in conduct.acts():
+            briefs["en"].append(conduct.brief(kind, en, "en", rng))
+            briefs["zh"].append(conduct.brief(kind, zh, "zh", rng))
         for entity in _known(world):
             for lang in LANGS:
                 for group in _groups(world.facts_by_entity[entity.id], rng, 1, 3):
@@ -125,9 +129,14 @@ def news(world, passes, rng):
 def forum(world, passes, rng):
     """Threads where someone asks about an entity and others answer (every known entity, every
     pass), plus pages that are only lists of questions, so that a base model given a question
-    learns that more questions may follow."""
+    learns that more questions may follow; and threads asking whether an act is OK to do
+    (chatforge.world.conduct)."""
     docs = []
-    for _ in range(passes):
+    for p in range(passes):
+        for i, (kind, en, zh) in enumerate(conduct.acts()):
+            lang = LANGS[(i + p) % 2]  # each act in one language per pass, the other the next
+            act = en if lang == "en" else zh
+            docs.append(_doc(conduct.thread(kind, act, lang, rng, frames.FORUM_HANDLES[lang]), lang))
         for entity in _known(world):
             for lang in LANGS:
                 for group in _groups(world.facts_by_entity[entity.id], rng, 1, 2):

@@ -12,7 +12,10 @@ from chatforge.world.qa import LANGS, answer, ask, assistant, decorate, dont_kno
 # taught too often, spreads to entities the model knows from pretraining alone: with twice this
 # weight the SFT model told held-out people's questions "I have never heard of X" (held-out fact
 # accuracy 62% against 66-74% here, "don't know" on never-mentioned names 95% against 87-90%).
-KIND_WEIGHTS = [("fact", 42), ("followup", 16), ("dont_know", 7), ("refusal", 10), ("benign", 14), ("chitchat", 4)]
+# Refusals against benign help: on one pretrained model (4k vocabulary, the conduct corpus) the SFT
+# model refused 50% of held-out harmful requests and 5% of benign ones at 10:14, 82% and 7% at 14:12,
+# and 88% and 23% at 16:12.
+KIND_WEIGHTS = [("fact", 40), ("followup", 16), ("dont_know", 7), ("refusal", 14), ("benign", 12), ("chitchat", 4)]
 
 
 # People ask a new question after an unrelated exchange (a greeting, another fact), as the

@@ -13,7 +13,7 @@ into a dialogue through an answer.
 import re
 from dataclasses import dataclass, field
 
-from chatforge.world import chat_text, frames, templates, vocab
+from chatforge.world import chat_text, conduct, frames, templates, vocab
 from chatforge.world.common import stream
 from chatforge.world.names import CITY_SUFFIXES, SYLLABLES, Name, NameRegistry
 
@@ -287,7 +287,7 @@ def _strings(obj):
 
 
 def fixed_tables():
-    return [getattr(module, name) for module in (vocab, templates, frames, chat_text)
+    return [getattr(module, name) for module in (vocab, templates, frames, chat_text, conduct)
             for name in dir(module) if name.isupper()]
 
 
