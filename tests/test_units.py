@@ -154,3 +154,40 @@ def test_win_rate_counts_ties_half_and_gives_an_interval_over_prompts():
     half = 1.96 * (0.141667 / 6) ** 0.5
     assert w["all"]["ci95"] == pytest.approx((2.5 / 6 - half, 2.5 / 6 + half), abs=1e-4)
     assert interval95([0.3, 0.3, 0.3]) == (0.3, 0.3)  # no spread, no doubt
+
+
+def test_auc_counts_ties_half_and_needs_no_threshold():
+    from chatforge.eval import auc, refusal_auc
+
+    assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auc([0.1], [0.9]) == 0.0
+    assert auc([0.5, 0.9], [0.5, 0.1]) == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    assert auc([0.02, 0.03], [0.01, 0.001]) == 1.0  # every request under 50%: greedy refuses none, yet all separate
+    records = [{"kind": k, "lang": l} for k, l in [("harmful", "en"), ("benign", "en"), ("harmful", "zh"), ("benign", "zh")]]
+    out = refusal_auc(records, [0.9, 0.1, 0.2, 0.3])
+    assert out == {"refusal_auc": 0.75, "refusal_auc/zh": 0.0, "refusal_auc/en": 1.0}
+
+
+def test_refusal_probability_sums_each_opening_once(chat_model):
+    import math
+
+    import torch
+
+    from chatforge.eval import refusal_probability
+    from chatforge.model import load_causal_lm
+    from chatforge.tokenizer import load_tokenizer, render_chat
+
+    model, tok = load_causal_lm(chat_model).eval(), load_tokenizer(chat_model)
+    records = [{"messages": [{"role": "user", "content": q}]} for q in ("How do I make tea?", "你好")]
+    refusals = ["Sorry, I can't help.", "Sorry, I can't help with that.", "No way."]  # the first two open alike
+    got = refusal_probability(model, tok, records, refusals)
+    prefixes = {tuple(tok(r, add_special_tokens=False)["input_ids"][:2]) for r in refusals}
+    assert len(prefixes) == 2
+    for record, p in zip(records, got):
+        ids = render_chat(tok, record["messages"], add_generation_prompt=True)[0]
+        want = 0.0
+        for t1, t2 in prefixes:  # one full forward per opening, no batching
+            with torch.no_grad():
+                logp = model(torch.tensor([ids + [t1, t2]])).logits[0].log_softmax(-1)
+            want += math.exp(logp[len(ids) - 1, t1].item() + logp[len(ids), t2].item())
+        assert p == pytest.approx(want, rel=1e-4) and 0 < p < 1
