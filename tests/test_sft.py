@@ -54,7 +54,7 @@ def test_sft_kill_and_resume_matches_uninterrupted(tiny_copy):
     b = {r["step"]: r for r in read_metrics(killed / "sft" / "metrics.jsonl")}
     assert sorted(a) == sorted(b) == list(range(1, 25))
     assert abs(a[24]["loss"] - b[24]["loss"]) < 1e-4 and abs(a[24]["val/loss"] - b[24]["val/loss"]) < 1e-4
-    assert a[24]["loss"] < a[1]["loss"]  # it learns
+    assert a[24]["val/loss"] < a[8]["val/loss"]  # it learns (one batch's loss is too noisy to show it)
 
 
 @pytest.mark.slow

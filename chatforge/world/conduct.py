@@ -12,7 +12,8 @@ from a computer") are described too, as fine, in the same sentence shapes, so th
 decides.
 
 Measured on the laptop recipe (4k vocabulary, same dialogues): without this text the SFT model refused
-35% of the held-out harmful requests and 23% of the benign ones; with it, 50% and 5%.
+35% of the held-out harmful requests and 23% of the benign ones (refusal_auc 0.58); with it, 50% and 5%
+(0.94). With the 2304-token vocabulary, which cut English words into pieces, it made no difference.
 """
 from chatforge.world import chat_text
 
