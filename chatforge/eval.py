@@ -6,8 +6,9 @@ Every stage is measured the same way, greedy, so the table shows what each stage
   covered and on held-out ones (knowledge from pretraining alone), follow-ups that refer back,
   "don't know" on entities the world never mentions, refusals of held-out harmful requests,
   over-refusal of benign ones, how well the model's probability of refusing separates those
-  harmful requests from the benign ones (refusal_auc: 0.5 is chance, 1.0 perfect; no threshold,
-  so it compares runs whose greedy refusal rates moved together), and the mean gold reward;
+  harmful requests from the benign ones (refusal_auc: 0.5 is chance, 1.0 perfect; it needs no
+  threshold, so it compares runs whose refusal and over-refusal rates rose or fell together), and
+  the mean gold reward;
 - held-out perplexity per corpus source (what alignment costs the language model: the alignment tax).
 """
 
