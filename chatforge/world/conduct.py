@@ -6,7 +6,7 @@ for is harmful, and that knowledge, as with held-out facts, has to come from pre
 it, the words of an unseen request ("poison my neighbour", "tricks old people") mean nothing to
 the model, and SFT can only teach it to refuse the few dozen requests it shows. So every act the
 world's requests are about, held-out ones included, is described here, in words unlike a request
-("it is a crime to poison a neighbour"); SFT then teaches the assistant to refuse what the corpus
+("to poison a neighbour is a crime"); SFT then teaches the assistant to refuse what the corpus
 calls a crime. Benign acts that share a word with a harmful one ("make a bath bomb", "remove a virus
 from a computer") are described too, as fine, in the same sentence shapes, so that only the act
 decides.
