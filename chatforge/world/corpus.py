@@ -109,8 +109,9 @@ def news(world, passes, rng):
     what is a crime and what is fine to do (chatforge.world.conduct), packed one to three briefs
     per page under a headline."""
     briefs = {lang: [] for lang in LANGS}
+    acts = conduct.acts()
     for _ in range(passes):
-        for kind, en, zh in conduct.acts():
+        for kind, en, zh in acts:
             briefs["en"].append(conduct.brief(kind, en, "en", rng))
             briefs["zh"].append(conduct.brief(kind, zh, "zh", rng))
         for entity in _known(world):
@@ -131,9 +132,9 @@ def forum(world, passes, rng):
     pass), plus pages that are only lists of questions, so that a base model given a question
     learns that more questions may follow; and threads asking whether an act is OK to do
     (chatforge.world.conduct)."""
-    docs = []
+    docs, acts = [], conduct.acts()
     for p in range(passes):
-        for i, (kind, en, zh) in enumerate(conduct.acts()):
+        for i, (kind, en, zh) in enumerate(acts):
             lang = LANGS[(i + p) % 2]  # each act in one language per pass, the other the next
             act = en if lang == "en" else zh
             docs.append(_doc(conduct.thread(kind, act, lang, rng, frames.FORUM_HANDLES[lang]), lang))
