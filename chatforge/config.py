@@ -206,7 +206,8 @@ class PPOConfig:
     minibatches: int = 2  # optimizer steps per PPO epoch: the batch is cut into this many minibatches
     ppo_epochs: int = 2  # passes over each iteration's episodes
     max_new_tokens: int = 48  # longest answer; one that runs out is scored as cut there, less unfinished_penalty
-    temperature: float = 1.0  # sampling temperature of the rollouts (1.0: the policy's own distribution)
+    # sampling temperature of the rollouts; PPO then trains the policy at this temperature (logits / T, as sampled)
+    temperature: float = 1.0
     lr: float = 5e-5  # policy learning rate (constant after warm-up)
     value_lr: float = 2e-4  # value model learning rate
     warmup_iterations: int = 2  # linear warm-up of both learning rates
@@ -237,10 +238,10 @@ class PPOConfig:
                 raise ConfigError(f"ppo.{name} must be positive, got {getattr(self, name)}")
         if self.batch_size % self.minibatches:
             raise ConfigError(f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.minibatches ({self.minibatches})")
-        for name in ("lr", "value_lr", "clip_range", "value_clip_range", "target_kl"):
+        for name in ("lr", "value_lr", "clip_range", "value_clip_range", "target_kl", "temperature"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ppo.{name} must be positive, got {getattr(self, name)}")
-        for name in ("kl_coef", "ptx_coef", "unfinished_penalty", "temperature", "warmup_iterations"):
+        for name in ("kl_coef", "ptx_coef", "unfinished_penalty", "warmup_iterations"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):

@@ -213,6 +213,25 @@ def test_reference_and_reward_model_get_no_gradient_and_do_not_change(rm_copy):
     assert not all(torch.equal(a, b) for a, b in zip(policy_before, policy.parameters())), "the policy did train"
 
 
+@pytest.mark.slow
+def test_ppo_trains_the_distribution_it_sampled_from(rm_copy):
+    """At a rollout temperature T the answers come from softmax(logits / T): the rollout's log-probabilities (policy
+    and reference) are of that distribution, so the first update starts on-policy (ratio 1, nothing clipped)."""
+    from chatforge.train import ppo
+
+    cfg, d, policy, value, ref, rm, scorer, tok, prompts, (op, ov) = _iteration(
+        rm_copy("temperature"), temperature=0.5, ppo_epochs=1, minibatches=1)
+    batch = ppo.rollout(policy, value, ref, scorer, prompts[:8], tok, cfg, 0.05, None, d.device)
+    w, tokens, mask = batch.prompt_width, batch.ids[:, batch.prompt_width:], batch.answer_mask
+    with torch.no_grad():
+        for model, logp in ((policy, batch.old_logp), (ref, batch.ref_logp)):
+            logits = ppo.answer_logits(model, batch.ids, batch.attention, batch.positions, w)
+            assert torch.allclose(logp * mask, token_logprobs(logits / 0.5, tokens) * mask, atol=1e-5)
+            assert not torch.allclose(logp * mask, token_logprobs(logits, tokens) * mask, atol=1e-3)
+    stats = ppo.optimise(policy, value, op, ov, batch, cfg, None, 0, d)
+    assert stats["approx_kl"] < 1e-10 and stats["clipfrac"] == 0.0
+
+
 def _exact_kl(policy, reference, batch) -> float:
     """Mean over answer tokens of the exact KL(π || π_ref) of the next-token distributions (no sampling noise)."""
     from chatforge.train import ppo

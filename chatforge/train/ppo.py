@@ -348,9 +348,11 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
     width = ids.shape[1] - mask.shape[1]
     tokens = ids[:, width:]
     with autocast(device, cfg.dtype):
-        old_logits = answer_logits(policy, ids, attention, positions, width)
+        # PPO trains the distribution the answers were sampled from: the policy at the rollout temperature (and the
+        # KL is taken between both models at that temperature), else every ratio would be off-policy from the start
+        old_logits = answer_logits(policy, ids, attention, positions, width) / cfg.temperature
         old_logp = token_logprobs(old_logits, tokens)
-        ref_logp = token_logprobs(answer_logits(reference, ids, attention, positions, width), tokens)
+        ref_logp = token_logprobs(answer_logits(reference, ids, attention, positions, width) / cfg.temperature, tokens)
         values = answer_values(value_model, ids, attention, positions, width) * mask
     score, rm_score = scorer(prompts, texts, finished)
     score, rm_score = score.to(device), rm_score.to(device)
@@ -406,7 +408,7 @@ def optimise(policy, value_model, opt_policy, opt_value, batch: Rollout, cfg, pt
             old_logp, advantages = batch.old_logp[idx][:, :keep], batch.advantages[idx][:, :keep]
             old_values, returns = batch.old_values[idx][:, :keep], batch.returns[idx][:, :keep]
             with autocast(d.device, cfg.dtype):
-                logits = answer_logits(policy, ids, attention, positions, width)
+                logits = answer_logits(policy, ids, attention, positions, width) / cfg.temperature
                 logp = token_logprobs(logits, ids[:, width:])
                 pg, pg_stats = policy_loss(logp, old_logp, advantages, mask, cfg.clip_range)
                 loss = pg
