@@ -164,6 +164,10 @@ def test_overoptimisation_is_named_when_gold_falls_and_the_proxy_rises():
     assert "overoptimised" in overoptimisation(rising)
     steady = [{**r, "reward/gold": 0.5 + 0.01 * i} for i, r in enumerate(rising)]
     assert "overoptimised" not in overoptimisation(steady)
+    # one lucky first batch is noise, not a peak: flat gold after it, the proxy rising
+    lucky = [{**r, "reward/gold": 0.9 if i == 0 else 0.7} for i, r in enumerate(rising)]
+    assert "overoptimised" not in overoptimisation(lucky)
+    assert overoptimisation(lucky)["gold_peak"]["step"] >= 5
 
 
 # ----------------------------------------------------------------------------- the stage

@@ -595,7 +595,9 @@ def overoptimisation(records: list[dict], window: int = 5, margin: float = 0.05)
     if len(records) < 2 * window or any(g is None for g in gold):
         return out
     rm, gold = _smooth([r["reward/rm"] for r in records], window), _smooth(gold, window)
-    peak = max(range(len(gold)), key=gold.__getitem__)
+    # the peak is looked for where a whole window is behind it: before that the running mean is of one or two
+    # iterations, as noisy as a single batch, and one lucky first batch read as a peak that PPO then fell from
+    peak = max(range(window - 1, len(gold)), key=gold.__getitem__)
     out["gold_peak"] = {"step": records[peak]["step"], "gold": round(gold[peak], 4), "kl": records[peak]["kl"]}
     if gold[-1] < gold[peak] - margin and rm[-1] > rm[peak] + margin:
         out["overoptimised"] = (f"the RM reward rose {rm[-1] - rm[peak]:+.3f} after iteration {records[peak]['step']} "
