@@ -596,7 +596,7 @@ def overoptimisation(records: list[dict], window: int = 5, margin: float = 0.05)
         return out
     rm, gold = _smooth([r["reward/rm"] for r in records], window), _smooth(gold, window)
     # the peak is looked for where a whole window is behind it: before that the running mean is of one or two
-    # iterations, as noisy as a single batch, and one lucky first batch read as a peak that PPO then fell from
+    # iterations, as noisy as a single batch, and a lucky first batch would read as a peak that PPO then fell from
     peak = max(range(window - 1, len(gold)), key=gold.__getitem__)
     out["gold_peak"] = {"step": records[peak]["step"], "gold": round(gold[peak], 4), "kl": records[peak]["kl"]}
     if gold[-1] < gold[peak] - margin and rm[-1] > rm[peak] + margin:
