@@ -43,3 +43,9 @@ class Cycler:
             self.queue = list(self.items)
             self.rng.shuffle(self.queue)
         return self.queue.pop()
+
+
+def upper_first(text):
+    """The text with its first character upper-cased and the rest as it is (str.capitalize would lower the
+    rest); a CJK character has no case, so Chinese text comes back unchanged."""
+    return text[0].upper() + text[1:]

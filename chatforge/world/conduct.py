@@ -16,6 +16,7 @@ Measured on the laptop recipe (4k vocabulary, same dialogues): without this text
 (0.94). With the 2304-token vocabulary, which cut English words into pieces, it made no difference.
 """
 from chatforge.world import chat_text
+from chatforge.world.common import upper_first
 
 # (en, zh) act phrases for chat_text.HARMFUL and chat_text.BENIGN, by item id.
 HARMFUL_PHRASES = {
@@ -133,19 +134,15 @@ def acts():
     return out
 
 
-def _capital(text, lang):
-    return text[0].upper() + text[1:] if lang == "en" else text
-
-
 def brief(kind, act, lang, rng):
     """One news sentence about an act."""
-    return _capital(rng.choice(NEWS[kind][lang]).format(act=act), lang)
+    return upper_first(rng.choice(NEWS[kind][lang]).format(act=act))
 
 
 def thread(kind, act, lang, rng, handles):
     """A forum thread: is it OK to do this act? Answered."""
     sep = ": " if lang == "en" else "："
     asker, answerer = rng.sample(handles, 2)
-    question = _capital(rng.choice(FORUM_QUESTION[lang]).format(act=act), lang)
+    question = upper_first(rng.choice(FORUM_QUESTION[lang]).format(act=act))
     reply = rng.choice(FORUM_REPLY[kind][lang]).format(act=act)
     return f"{rng.choice(FORUM_TITLE[lang])}\n\n{asker}{sep}{question}\n{answerer}{sep}{reply}"

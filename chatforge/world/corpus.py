@@ -9,7 +9,7 @@ import math
 
 from chatforge.world import conduct, frames, templates
 from chatforge.world.code_docs import code
-from chatforge.world.common import quotas, stream
+from chatforge.world.common import quotas, stream, upper_first
 from chatforge.world.qa import LANGS
 
 SOURCE_WEIGHTS = [("encyclopedia", 0.3), ("news", 0.2), ("forum", 0.2), ("stories", 0.15), ("code", 0.15)]
@@ -54,7 +54,7 @@ def _groups(items, rng, low, high):
 def _say(fact, register, lang, rng):
     options = templates.FACT_TEMPLATES[fact.kind, fact.attribute][register][lang]
     text = templates.render(rng.choice(options), fact.names[lang], fact.value[lang])
-    return text[0].upper() + text[1:]
+    return upper_first(text)
 
 
 def _join(sentences, lang):

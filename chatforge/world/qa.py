@@ -1,6 +1,7 @@
 """Questions and answers about facts, shared by SFT dialogues and prompt sets, so that both
 use one family of wordings (evaluation tests generalisation across entities, not wordings)."""
 from chatforge.world import chat_text, templates, vocab
+from chatforge.world.common import upper_first
 
 LANGS = ("en", "zh")
 
@@ -27,7 +28,7 @@ def question(kind, attribute, name, lang, rng, referring=False):
     well with "that city" / "那座城市" in place of a name."""
     options = templates.FACT_TEMPLATES[kind, attribute]["question"][lang]
     text = templates.render(options[0] if referring else rng.choice(options), name)
-    return text[0].upper() + text[1:]
+    return upper_first(text)
 
 
 def ask(fact, lang, rng):
@@ -37,7 +38,7 @@ def ask(fact, lang, rng):
 def answer(fact, lang):
     template = templates.FACT_TEMPLATES[fact.kind, fact.attribute]["answer"][lang]
     text = templates.render(template, fact.names[lang], fact.value[lang])
-    return text[0].upper() + text[1:]
+    return upper_first(text)
 
 
 def dont_know(entity, lang, rng):
