@@ -278,11 +278,12 @@ def layout(prompts: list[list[int]], answers: list[list[int]], pad_id: int):
     return ids, attention, positions, mask_a.float()
 
 
-def answer_logits(model, ids, attention, positions, prompt_width: int):
-    """Logits [B, T, V] that predict the answer tokens: columns P-1 .. P+T-2 (the unembedding skips the prompt)."""
+def answer_logits(model, ids, attention, positions, prompt_width: int, temperature: float = 1.0):
+    """Logits [B, T, V] that predict the answer tokens: columns P-1 .. P+T-2 (the unembedding skips the prompt),
+    divided by the sampling temperature: PPO trains the distribution its answers were sampled from."""
     answer_len = ids.shape[1] - prompt_width
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=answer_len + 1).logits
-    return logits[:, :-1]
+    return logits[:, :-1] if temperature == 1.0 else logits[:, :-1] / temperature
 
 
 def answer_values(value_model, ids, attention, positions, prompt_width: int):
@@ -348,11 +349,10 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
     width = ids.shape[1] - mask.shape[1]
     tokens = ids[:, width:]
     with autocast(device, cfg.dtype):
-        # PPO trains the distribution the answers were sampled from: the policy at the rollout temperature (and the
-        # KL is taken between both models at that temperature), else every ratio would be off-policy from the start
-        old_logits = answer_logits(policy, ids, attention, positions, width) / cfg.temperature
+        # both models at the rollout temperature: the policy's is what sampled the answers, and the KL is between the two
+        old_logits = answer_logits(policy, ids, attention, positions, width, cfg.temperature)
         old_logp = token_logprobs(old_logits, tokens)
-        ref_logp = token_logprobs(answer_logits(reference, ids, attention, positions, width) / cfg.temperature, tokens)
+        ref_logp = token_logprobs(answer_logits(reference, ids, attention, positions, width, cfg.temperature), tokens)
         values = answer_values(value_model, ids, attention, positions, width) * mask
     score, rm_score = scorer(prompts, texts, finished)
     score, rm_score = score.to(device), rm_score.to(device)
@@ -408,7 +408,7 @@ def optimise(policy, value_model, opt_policy, opt_value, batch: Rollout, cfg, pt
             old_logp, advantages = batch.old_logp[idx][:, :keep], batch.advantages[idx][:, :keep]
             old_values, returns = batch.old_values[idx][:, :keep], batch.returns[idx][:, :keep]
             with autocast(d.device, cfg.dtype):
-                logits = answer_logits(policy, ids, attention, positions, width) / cfg.temperature
+                logits = answer_logits(policy, ids, attention, positions, width, cfg.temperature)
                 logp = token_logprobs(logits, ids[:, width:])
                 pg, pg_stats = policy_loss(logp, old_logp, advantages, mask, cfg.clip_range)
                 loss = pg
