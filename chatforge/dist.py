@@ -48,6 +48,12 @@ def init(device: str = "auto") -> Dist:
         # N processes on one machine would each start a thread per core and fight over them.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        # Same recipe, same machine, same model, bit for bit. On the CPU the one kernel that was not
+        # repeatable is torch.compile's embedding backward (a scatter-add that threads race to
+        # accumulate); a run then drifted from its twin by 1e-7 after 30 steps and ended a different
+        # model. The deterministic kernel costs nothing measurable here. CUDA is left alone: there it
+        # needs CUBLAS_WORKSPACE_CONFIG and slower kernels, a choice for the user.
+        torch.use_deterministic_algorithms(True)
     if world_size > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
     _state = Dist(rank, world_size, local_rank, dev)

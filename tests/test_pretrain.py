@@ -42,6 +42,17 @@ def test_kill_and_resume_matches_uninterrupted(fresh_run):
     assert "complete, skipping" in again.stdout
 
 
+def test_the_same_run_twice_is_the_same_model_bit_for_bit(fresh_run):
+    """torch.compile included: its CPU embedding backward let threads race in a scatter-add, so two runs
+    of one recipe drifted apart (1e-7 after 30 steps, a different model at the end) until dist.init
+    switched on deterministic kernels."""
+    runs = [fresh_run(name) for name in ("first", "second")]
+    for run in runs:
+        cli("pretrain", "--run", str(run), *overrides("pretrain.steps=20", "pretrain.compile=true"))
+    first, second = ((run / "base" / "model.safetensors").read_bytes() for run in runs)
+    assert first == second
+
+
 def test_two_processes_match_one(fresh_run):
     steps = "pretrain.steps=12"
     one = fresh_run("one")
