@@ -67,6 +67,11 @@ def fresh_run(corpus_run, tmp_path):
     return make
 
 
+def same_model_file(a: Path, b: Path) -> bool:
+    """Whether two stage directories hold byte-identical model.safetensors: runs repeat bit for bit."""
+    return (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+
 def overrides(*extra: str) -> list[str]:
     return [x for o in (*TINY_PRETRAIN, *extra) for x in ("--set", o)]
 
