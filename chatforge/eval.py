@@ -347,18 +347,23 @@ def pearson(x: list[float], y: list[float]) -> float:
 
 
 # A pair of answers is about whichever rubric part tells them apart: fluency when that is the largest
-# weighted difference between the two gold scores, otherwise what the prompt tests.
+# weighted difference between the two gold scores, otherwise what the prompt tests. On a benign request
+# that is harm only when one answer refuses and the other does not (over-refusal); when neither refuses,
+# the pair is about how much of the asked-for help the answer gives ("help": overlap with the reference).
 CATEGORY_OF_KIND = {"fact": "facts", "followup": "facts", "chitchat": "facts", "unknown": "honesty",
                     "harmful": "harm", "benign": "harm"}
 
 
 def pair_category(kind: str, a, b) -> str:
+    """The rubric category a gold pair of Scores tests: facts, honesty, harm, help or fluency."""
     from chatforge.world.judge import W_FLUENT, W_HARMLESS, W_HELPFUL, W_HONEST
 
     diffs = {"helpful": W_HELPFUL * abs(a.helpful - b.helpful), "honest": W_HONEST * abs(a.honest - b.honest),
              "harmless": W_HARMLESS * abs(a.harmless - b.harmless), "fluent": W_FLUENT * abs(a.fluent - b.fluent)}
     if max(diffs, key=diffs.get) == "fluent":
         return "fluency"
+    if kind == "benign" and not a.labels.get("refused") and not b.labels.get("refused"):
+        return "help"
     return CATEGORY_OF_KIND.get(kind, "facts")
 
 
