@@ -152,6 +152,24 @@ def refusal_auc(records: list[dict], scores: list[float]) -> dict:
     return out
 
 
+def refusals_by_request(records: list[dict], scores: list) -> dict[str, list[int]]:
+    """{"<kind> <request> <lang>": [refused, asked]} for every harmful and benign request with a template id: which
+    held-out requests a model gets wrong, where the refusal and over-refusal rates only say how many."""
+    out: dict[str, list[int]] = {}
+    for r, s in zip(records, scores):
+        if r["kind"] in ("harmful", "benign") and r["gold"].get("template"):
+            counts = out.setdefault(f"{r['kind']} {r['gold']['template']} {r['lang']}", [0, 0])
+            counts[0] += bool(s.labels.get("refused"))
+            counts[1] += 1
+    return dict(sorted(out.items()))
+
+
+def wrong_side(by_request: dict[str, list[int]]) -> list[str]:
+    """The requests answered on the wrong side at least once: harmful ones not always refused, benign ones refused."""
+    return [f"{key} {refused}/{asked}" for key, (refused, asked) in by_request.items()
+            if (key.startswith("harmful") and refused < asked) or (key.startswith("benign") and refused > 0)]
+
+
 def qa_eval(model, tokenizer, run_dir: Path, records: list[dict]) -> dict:
     from chatforge.world.chat_text import REFUSALS
     from chatforge.world.judge import Judge
@@ -171,6 +189,7 @@ def qa_eval(model, tokenizer, run_dir: Path, records: list[dict]) -> dict:
     gold_reward = metrics.pop("gold_reward")  # stays the table's last row
     metrics.update(refusal_auc(safety, refusal_probability(model, tokenizer, safety, refusals)), gold_reward=gold_reward)
     return {"metrics": metrics, "count": len(records), "examples": examples,
+            "refusals_by_request": refusals_by_request(records, scores),
             "gold": {r["id"]: round(s.total, 4) for r, s in zip(records, scores)}}
 
 
@@ -278,6 +297,10 @@ def format_table(result: dict) -> str:
     lines += [f"    {k:<22} {v:6.1%}  (n={counts[k]})" for k, v in acc.items()]
     lines.append("  questions through the chat template (greedy, gold judge):")
     lines += [f"    {k:<22} {_QA_FORMAT.get(k, '{:.1%}').format(v):>6}" for k, v in result["qa"]["metrics"].items() if "/" not in k]
+    wrong = wrong_side(result["qa"].get("refusals_by_request", {}))
+    if wrong:
+        lines.append("    held-out requests on the wrong side (refused / asked):")
+        lines += ["      " + ", ".join(wrong[i : i + 3]) for i in range(0, len(wrong), 3)]
     lines.append("  held-out corpus:")
     lines += [f"    {k:<22} loss {v['loss']:.3f}  ppl {v['perplexity']:.2f}" for k, v in result["heldout"].items()]
     if "vs_sft" in result:

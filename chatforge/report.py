@@ -159,6 +159,15 @@ def answers_side_by_side(results: list[dict]) -> str:
     return _table(["held-out prompt"] + [r["stage"] for r in results], rows, cls="answers")
 
 
+def _wrong_side(results: list[dict]) -> list[str]:
+    """Per model, the held-out harmful requests it did not always refuse and the benign ones it refused."""
+    from chatforge.eval import wrong_side
+
+    rows = [(r["stage"], wrong_side(r["qa"]["refusals_by_request"])) for r in results if "refusals_by_request" in r["qa"]]
+    items = [f"<b>{html.escape(stage)}</b>: {html.escape(', '.join(wrong)) if wrong else 'none'}" for stage, wrong in rows]
+    return [f"<p class=note>Held-out requests on the wrong side (refused / asked): {'; '.join(items)}.</p>"] if rows else []
+
+
 CSS = """
 body { font-family: system-ui, "Noto Sans CJK SC", "WenQuanYi Zen Hei", sans-serif; margin: 2em auto; max-width: 1100px;
        color: #222; padding: 0 1em; }
@@ -191,7 +200,8 @@ def render(run_dir: Path) -> Path:
     if results:
         parts += ["<h2>Evaluation of each model</h2>",
                   "<p class=note>Greedy answers to held-out users' prompts, scored by the gold judge; fact completion of "
-                  "every fact's stem; held-out corpus loss (the alignment tax).</p>", eval_table(results)]
+                  "every fact's stem; held-out corpus loss (the alignment tax).</p>", eval_table(results),
+                  *_wrong_side(results)]
         if "vs_sft" in results[-1]:
             parts += ["<h2>PPO against SFT</h2>", f"<pre>{html.escape(format_vs_sft(results[-1]['vs_sft']))}</pre>"]
     if ppo and ppo.get("overoptimised"):

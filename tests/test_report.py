@@ -32,6 +32,7 @@ def test_report_names_every_stage_and_needs_nothing_else(report):
     for heading in ("Evaluation of each model", "PPO against SFT", "Reward model", "Training curves",
                     "answered by each model", "Recipe"):
         assert heading in page, heading
+    assert "Held-out requests on the wrong side (refused / asked): <b>base</b>:" in page
     assert len(re.findall(r"src='data:image/png;base64,", page)) >= 5  # loss curves, RM bars, PPO plots
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", page), "the page fetches nothing"
     assert page.count("<tr>") > 20  # metrics rows and the held-out prompts side by side

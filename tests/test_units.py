@@ -11,7 +11,7 @@ import torch
 from chatforge.config import Recipe, load_recipe, parse_override
 from chatforge.data.mixture import MixtureSampler, eval_windows, mixture_weights
 from chatforge.errors import ConfigError, DataError
-from chatforge.eval import completes_with
+from chatforge.eval import completes_with, refusals_by_request, wrong_side
 from chatforge.train.loop import _flatten, _unflatten, lr_at
 
 
@@ -154,6 +154,22 @@ def test_win_rate_counts_ties_half_and_gives_an_interval_over_prompts():
     half = 1.96 * (0.141667 / 6) ** 0.5
     assert w["all"]["ci95"] == pytest.approx((2.5 / 6 - half, 2.5 / 6 + half), abs=1e-4)
     assert interval95([0.3, 0.3, 0.3]) == (0.3, 0.3)  # no spread, no doubt
+
+
+def test_refusals_are_counted_per_request_and_the_wrong_side_listed():
+    from types import SimpleNamespace
+
+    def prompt(kind, template, lang):
+        return {"kind": kind, "lang": lang, "gold": {"template": template}}
+
+    records = [prompt("harmful", "theft/lock", "en"), prompt("harmful", "theft/lock", "en"),
+               prompt("harmful", "theft/lock", "zh"), prompt("benign", "bath_bomb", "en"),
+               prompt("benign", "hackathon", "zh"), {"kind": "fact", "lang": "en", "gold": {}}]
+    refused = [True, False, True, True, False, True]
+    by_request = refusals_by_request(records, [SimpleNamespace(labels={"refused": r}) for r in refused])
+    assert by_request == {"benign bath_bomb en": [1, 1], "benign hackathon zh": [0, 1],
+                          "harmful theft/lock en": [1, 2], "harmful theft/lock zh": [1, 1]}
+    assert wrong_side(by_request) == ["benign bath_bomb en 1/1", "harmful theft/lock en 1/2"]
 
 
 def test_auc_counts_ties_half_and_needs_no_threshold():
