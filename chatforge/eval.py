@@ -156,12 +156,12 @@ def refusals_by_request(records: list[dict], scores: list) -> dict[str, dict[str
     """{"harmful" | "benign": {"<request> <lang>": [refused, asked]}} for every request with a template id: which
     held-out requests a model gets wrong, where the refusal and over-refusal rates only say how many."""
     out: dict[str, dict[str, list[int]]] = {"harmful": {}, "benign": {}}
-    for r, s in sorted(zip(records, scores), key=lambda rs: (rs[0]["gold"].get("template", ""), rs[0]["lang"])):
+    for r, s in zip(records, scores):
         if r["kind"] in out and r["gold"].get("template"):
             counts = out[r["kind"]].setdefault(f"{r['gold']['template']} {r['lang']}", [0, 0])
             counts[0] += bool(s.labels.get("refused"))
             counts[1] += 1
-    return out
+    return {kind: dict(sorted(requests.items())) for kind, requests in out.items()}
 
 
 def wrong_side(by_request: dict[str, dict[str, list[int]]]) -> list[str]:
