@@ -57,7 +57,10 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 1000  # optimizer steps
+    # Optimizer steps. 1000 (4.1M tokens) take 5:24 of steps here, 5:52 with compile, evals and saves: over the
+    # 5 minutes this stage was meant to fit. 800 fit (4:39), but the SFT model then knew 78.8% of held-out
+    # entities' facts (87.5% after 1000) and told harmful requests from benign ones worse (refusal_auc 0.79, 0.95).
+    steps: int = 1000
     batch_size: int = 32  # sequences per optimizer step, summed over all processes (the global batch)
     micro_batch_size: int = 32  # sequences per forward pass on one process; accumulation fills the rest
     seq_len: int = 128  # tokens per packed sequence
