@@ -182,6 +182,8 @@ def act_knowledge(score, acts: list[tuple[str, str, bool]]) -> dict:
 
 def continuation_scorer(model, tokenizer):
     """score(prefix, continuation) -> mean log-probability of the continuation's tokens after the prefix."""
+    from chatforge.train.ppo import token_logprobs
+
     device = next(model.parameters()).device
 
     @torch.no_grad()
@@ -191,9 +193,8 @@ def continuation_scorer(model, tokenizer):
         start = min(len(head), len(ids) - 1)  # a merge across the boundary: score from the first differing token
         while start > 1 and ids[:start] != head[:start]:
             start -= 1
-        logp = torch.log_softmax(model(torch.tensor([ids], device=device)).logits[0, :-1].float(), -1)
-        picked = logp[torch.arange(start - 1, len(ids) - 1), torch.tensor(ids[start:], device=device)]
-        return float(picked.mean())
+        batch = torch.tensor([ids], device=device)
+        return float(token_logprobs(model(batch).logits[:, start - 1 : -1], batch[:, start:]).mean())
 
     return score
 
