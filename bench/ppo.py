@@ -41,12 +41,13 @@ def _fresh_run(folder: Path) -> Path:
 
     from chatforge.config import load_recipe
     from chatforge.model import build_model, save_pretrained
-    from chatforge.pipeline import stage_tokenizer, stage_world
+    from chatforge import tokenizer as tokenizer_stage
+    from chatforge.stages import run_world
 
     recipe = load_recipe(None)
     run = folder / "run"
-    stage_world(run, recipe)
-    tokenizer = stage_tokenizer(run, recipe)
+    run_world(run, recipe, run / "data")
+    tokenizer = tokenizer_stage.run(run, recipe, run / "tokenizer")
     policy = build_model(recipe.model, tokenizer, seed=0)
     save_pretrained(policy, tokenizer, run / "sft")
     config = policy.config
@@ -68,19 +69,20 @@ def ours(run: Path, args) -> dict:
     recipe = load_recipe(None)
     cfg = replace(recipe.ppo, batch_size=args.batch, max_new_tokens=args.response_length, ppo_epochs=args.ppo_epochs,
                   minibatches=args.minibatches, ptx_coef=0.0, temperature=1.0)
-    policy, value, reference, reward_model, bias, tokenizer = ppo.load_models(run, d)
-    scorer = ppo.Scorer(reward_model, bias, tokenizer, policy.config.max_position_embeddings, cfg.unfinished_penalty)
-    opt_policy = make_optimizer(policy, cfg.lr, 0.0, (cfg.beta1, cfg.beta2))
-    opt_value = make_optimizer(value, cfg.value_lr, 0.0, (cfg.beta1, cfg.beta2))
-    prompts = world_prompts(run, cfg, tokenizer, policy, args) if args.workload == "world" else random_prompts(tokenizer, args)
+    models = ppo.load_models(run, replace(recipe, ppo=cfg), d)
+    policy, tokenizer = models.policy, models.tokenizer
+    scorer = ppo.Scorer(models.reward, models.bias, tokenizer, policy.config.max_position_embeddings, cfg.unfinished_penalty)
+    optimizers = {"policy": make_optimizer(models.policy_params, cfg.optim),
+                  "value": make_optimizer(models.value_params, cfg.optim, lr=cfg.value_lr)}
+    prompts = world_prompts(run, replace(recipe, ppo=cfg), args) if args.workload == "world" else random_prompts(tokenizer, args)
     times, gen_times, tokens = [], [], []
     for it in range(args.iterations):
         batch_prompts = prompts[it * args.batch : (it + 1) * args.batch]
         t0 = time.perf_counter()
         # synthetic: -1 never occurs, so every answer is exactly response_length tokens; world: answers end at <|im_end|>
-        batch = ppo.rollout(policy, value, reference, scorer, batch_prompts, tokenizer, cfg, cfg.kl_coef, None, d.device,
+        batch = ppo.rollout(models, scorer, batch_prompts, cfg, cfg.kl_coef, None, d.device,
                             stop_ids=[-1] if args.workload == "synthetic" else None)
-        ppo.optimise(policy, value, opt_policy, opt_value, batch, cfg, None, it, d)
+        ppo.optimise(policy, models.value, models, optimizers, batch, cfg, None, it, d)
         times.append(time.perf_counter() - t0)
         gen_times.append(batch.stats["gen_seconds"])
         tokens.append(batch.stats["gen_tokens"])
@@ -110,11 +112,11 @@ def random_prompts(tokenizer, args) -> list[dict]:
     return prompts
 
 
-def world_prompts(run: Path, cfg, tokenizer, policy, args) -> list[dict]:
+def world_prompts(run: Path, recipe, args) -> list[dict]:
     """The run's PPO prompts, as the stage reads them; their ids go to TRL's side through a file."""
     from chatforge.train import ppo
 
-    prompts, _ = ppo.load_ppo_prompts(run, cfg, tokenizer, policy.config.max_position_embeddings - cfg.max_new_tokens)
+    prompts, _ = ppo.load_ppo_prompts(run, recipe)
     prompts = prompts[: args.batch * args.iterations]
     if len(prompts) < args.batch * args.iterations:
         raise SystemExit(f"{run}: only {len(prompts)} PPO prompts; lower --batch or --iterations")

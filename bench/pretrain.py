@@ -28,7 +28,7 @@ from chatforge.config import load_recipe  # noqa: E402
 from chatforge.model import build_model, num_params, train_flops_per_token  # noqa: E402
 from chatforge.perf import matmul_ceiling  # noqa: E402
 from chatforge.train.loop import clip_and_step, make_optimizer  # noqa: E402
-from chatforge.train.pretrain import next_token_loss  # noqa: E402
+from chatforge.scoring import next_token_loss  # noqa: E402
 
 
 class _VocabOnly:
@@ -74,7 +74,7 @@ def main():
     load_before = os.getloadavg()[0]
     ceilings = [matmul_ceiling()]
     model = build_model(recipe.model, _VocabOnly(vocab), seed=0)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    optimizer = make_optimizer(model, cfg.optim)
     step_model, compile_s = model, 0.0
     if args.compile:
         t0 = time.perf_counter()

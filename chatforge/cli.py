@@ -1,16 +1,8 @@
-"""The `chatforge` command: one thin subcommand per stage, plus `run` for all of them in order.
+"""The `chatforge` command: a subcommand per stage of `chatforge.stages`, `run` for all of them in order, and
+`chat` / `serve` to talk to a model.
 
     chatforge run       [--recipe R] [--run runs/NAME] [--set section.key=value ...]
-    chatforge world     --run runs/NAME
-    chatforge tokenizer --run runs/NAME
-    chatforge pretrain  --run runs/NAME [--init HF_DIR]
-    chatforge sft       --run runs/NAME [--data FILE] [--lora-rank R] [--skip-invalid]
-    chatforge sample    --run runs/NAME          (K answers per ranking prompt from the SFT model)
-    chatforge rank      --run runs/NAME          (the gold judge ranks them: rankings/rankings.jsonl)
-    chatforge reward    --run runs/NAME [--rankings FILE] [--skip-invalid]
-    chatforge ppo       --run runs/NAME [--prompts FILE] [--skip-invalid] [--ptx-coef G] [--reward judge] [--out DIR]
-    chatforge eval      --run runs/NAME --stage base|sft|reward|ppo
-    chatforge report    --run runs/NAME          (re-render runs/NAME/report.html)
+    chatforge <stage>   [--run runs/NAME] [the stage's options]      (chatforge <stage> --help lists them)
     chatforge chat      MODEL_DIR [--system TEXT] [--temperature T] [--no-moderation]
     chatforge serve     MODEL_DIR [--host H] [--port P] [--api-key KEY] [--no-moderation]
 """
@@ -19,9 +11,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
+from chatforge import dist, pipeline
+from chatforge.config import Recipe, load_recipe, save_yaml, to_dict
 from chatforge.errors import UserError
+from chatforge.io import atomic_write_bytes
+from chatforge.serve import app, chat
+from chatforge.stages import BY_NAME, RUN_OPTIONS, STAGES, Option
 
 DEFAULT_RUN = "runs/laptop"
 
@@ -33,154 +33,159 @@ def _common(p: argparse.ArgumentParser):
                    help="override one recipe value, e.g. --set pretrain.steps=200 (repeatable)")
 
 
+def _dest(option: Option) -> str:
+    return option.flag.lstrip("-").replace("-", "_")
+
+
+def _add_option(p: argparse.ArgumentParser, option: Option):
+    flags = (option.flag, *option.aliases)
+    if option.type is bool:
+        p.add_argument(*flags, dest=_dest(option), action="store_true", help=option.help)
+    else:
+        p.add_argument(*flags, dest=_dest(option), type=option.type, choices=option.choices, default=option.default,
+                       help=option.help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatforge", description="Train your own ChatGPT, end to end.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in [
-        ("run", "all stages in order (each skips when done, resumes when partial)"),
-        ("world", "generate the built-in bilingual world: facts, corpus, dialogues, prompts, eval sets"),
-        ("tokenizer", "train the byte-level BPE tokenizer on the corpus"),
-        ("pretrain", "next-token pretraining on the corpus mixture -> base/"),
-        ("sft", "supervised fine-tuning on dialogues, loss on assistant tokens only -> sft/"),
-        ("sample", "the SFT model answers each ranking prompt K times -> rankings/samples.jsonl"),
-        ("rank", "annotators (the gold judge, on the world) rank each prompt's K answers -> rankings/rankings.jsonl"),
-        ("reward", "the reward model, trained on the rankings with the K-way pairwise loss -> reward/"),
-        ("ppo", "RL: PPO from the SFT model against the frozen reward model, KL penalty and PPO-ptx -> ppo/"),
-        ("eval", "evaluate a stage's model on the world's evaluation sets"),
-        ("report", "render runs/NAME/report.html from what the run holds: metrics, plots, answers side by side"),
-    ]:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    run = sub.add_parser("run", help="all stages in order (each skips when done, resumes when partial)")
+    _common(run)
+    for option in RUN_OPTIONS:
+        _add_option(run, option)
+    for stage in STAGES:
+        p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         _common(p)
-        if name == "pretrain":
-            p.add_argument("--init", help="start from this local Hugging Face causal-LM directory")
-        if name == "sft":
-            p.add_argument("--data", help="dialogue file or folder (OpenAI messages, ShareGPT or Alpaca)")
-            p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of all weights")
-            p.add_argument("--skip-invalid", action="store_true", help="skip and count malformed dialogues")
-        if name == "sample":
-            p.add_argument("--prompts", help="prompt file (JSONL with 'messages' or 'prompt', optional 'user_id')")
-        if name == "reward":
-            p.add_argument("--rankings", help="rankings file or folder (the format of docs/rankings.md)")
-            p.add_argument("--skip-invalid", action="store_true", help="skip and count malformed rankings")
-        if name == "ppo":
-            p.add_argument("--prompts", help="prompt file (JSONL with 'messages' or 'prompt'); default: the world's PPO prompts")
-            p.add_argument("--skip-invalid", action="store_true", help="skip and count empty or over-long prompts")
-            p.add_argument("--ptx-coef", type=float, help="weight of the pretraining loss (PPO-ptx); 0 for plain PPO")
-            p.add_argument("--reward", choices=("model", "judge"),
-                           help="score answers with the reward model (default) or, on the world, with the gold judge "
-                                "itself: a perfect reward model, to tell PPO's limits from the reward model's")
-            p.add_argument("--out", default="ppo", help="directory in the run to write the policy to (default: ppo)")
-        if name == "eval":
-            p.add_argument("--stage", default="base",
-                           help="which stage's model to evaluate: base, sft, reward, ppo (or any model folder of the run)")
+        for option in stage.options:
+            _add_option(p, option)
     _talk_parsers(sub)
     return parser
 
 
 def _talk_parsers(sub):
     """chat and serve take a model directory, not a run: any stage's, or any local HF chat model."""
-    chat = sub.add_parser("chat", help="talk to a model in the terminal (history, streaming)")
-    serve = sub.add_parser("serve", help="OpenAI-compatible API and web chat page for a model")
-    for p in (chat, serve):
+    chat_p = sub.add_parser("chat", help="talk to a model in the terminal (history, streaming)")
+    serve_p = sub.add_parser("serve", help="OpenAI-compatible API and web chat page for a model")
+    for p in (chat_p, serve_p):
         p.add_argument("model", help="model directory, e.g. runs/laptop/sft (any local Hugging Face chat model)")
         p.add_argument("--moderation", help="moderation rules file (YAML); default: the built-in rules")
         p.add_argument("--no-moderation", action="store_true", help="turn the moderation filter off")
         p.add_argument("--moderation-log", help="append every moderation decision to this JSON-lines file")
-    chat.add_argument("--system", help="system message")
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    chat.add_argument("--top-p", type=float, default=1.0)
-    chat.add_argument("--max-tokens", type=int, default=256)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
-    serve.add_argument("--name", help="model id reported by /v1/models (default: the directory's name)")
-    serve.add_argument("--max-batch", type=int, default=32, help="most requests answered in one batch")
-    serve.add_argument("--gather-ms", type=float, default=30.0,
-                       help="how long a request waits for others to share its batch (default: 30 ms)")
-    serve.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
-    serve.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest conversation accepted, in tokens")
+    chat_p.add_argument("--system", help="system message")
+    chat_p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    chat_p.add_argument("--top-p", type=float, default=1.0)
+    chat_p.add_argument("--max-tokens", type=int, default=256)
+    serve_p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
+    serve_p.add_argument("--name", help="model id reported by /v1/models (default: the directory's name)")
+    serve_p.add_argument("--max-batch", type=int, default=32, help="most requests answered in one batch")
+    serve_p.add_argument("--gather-ms", type=float, default=30.0,
+                         help="how long a request waits for others to share its batch (default: 30 ms)")
+    serve_p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
+    serve_p.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest conversation accepted, in tokens")
 
 
-def resolve_recipe(args):
-    """--recipe, else the run's saved recipe, else defaults; then --set overrides. Saved as recipe.yaml."""
-    from chatforge import dist
-    from chatforge.config import load_recipe, save_yaml, to_dict
+def _options(command: str) -> tuple[Option, ...]:
+    return RUN_OPTIONS if command == "run" else BY_NAME[command].options
 
+
+def _option_overrides(args) -> list[str]:
+    """`section.key=value` for each recipe field an option given on the command line sets."""
+    out = []
+    for option in _options(args.command):
+        value = getattr(args, _dest(option))
+        if value not in (None, False):
+            out += [f"{key}={'true' if value is True else value}" for key in option.key]
+    return out
+
+
+def _run_options(args) -> dict:
+    """The stage's options that are not recipe fields, as keyword arguments of its run function."""
+    return {_dest(option): getattr(args, _dest(option)) for option in _options(args.command) if not option.key}
+
+
+def resolve_recipe(args) -> tuple[Path, Recipe, Path]:
+    """(run directory, recipe, where the recipe is kept): --recipe, else the run's saved recipe, else defaults; then
+    the command's options and --set overrides. A side experiment (`--out DIR`) keeps its recipe in DIR."""
     run_dir = Path(args.run)
     saved = run_dir / "recipe.yaml"
-    path = args.recipe or (saved if saved.exists() else None)
-    overrides = list(args.overrides)
-    if getattr(args, "init", None):
-        overrides.append(f"pretrain.init={args.init}")
-    if getattr(args, "data", None):
-        overrides.append(f"sft.data={args.data}")
-    if getattr(args, "lora_rank", None) is not None:
-        overrides.append(f"sft.lora_rank={args.lora_rank}")
-    section = {"reward": "reward", "sample": "reward", "ppo": "ppo"}.get(args.command, "sft")
-    if getattr(args, "skip_invalid", False):
-        overrides.append(f"{section}.skip_invalid=true")
-    if getattr(args, "prompts", None):
-        overrides.append(f"{section}.prompts={args.prompts}")
-    if getattr(args, "ptx_coef", None) is not None:
-        overrides.append(f"ppo.ptx_coef={args.ptx_coef}")
-    if getattr(args, "reward", None):
-        overrides.append(f"ppo.reward={args.reward}")
-    if getattr(args, "rankings", None):
-        overrides.append(f"reward.rankings={args.rankings}")
-    recipe = load_recipe(path, overrides)
-    if getattr(args, "out", "ppo") != "ppo":  # a side experiment (e.g. PPO without ptx) keeps its recipe to itself
-        saved = run_dir / args.out / "recipe.yaml"
+    recipe = load_recipe(args.recipe or (saved if saved.exists() else None), [*_option_overrides(args), *args.overrides])
+    out = getattr(args, "out", None)
+    target = run_dir / out / "recipe.yaml" if out and out != "ppo" else saved
+    if target.exists():
+        _refuse_changes_to_complete_stages(load_recipe(target), recipe, run_dir, out)
+    return run_dir, recipe, target
+
+
+def _refuse_changes_to_complete_stages(before: Recipe, after: Recipe, run_dir: Path, out: str | None):
+    """A setting that would change the output of a stage that is already complete is refused: the run's recipe must
+    keep saying what made its models."""
+    changed = []
+    for stage in STAGES:
+        keys = [k for s in stage.sections for k in _diff(to_dict(getattr(before, s)), to_dict(getattr(after, s)), s)]
+        if keys and stage.done(run_dir, pipeline.output_of(stage, run_dir, out if stage.name == "ppo" else None)):
+            changed.append(f"{stage.name} ({', '.join(keys)})")
+    if changed:
+        raise UserError(f"{run_dir}: these settings differ from the run's recipe and would change stages that are "
+                        f"already complete: {'; '.join(changed)}. Use a new --run, or delete those stages' output to "
+                        f"make them again")
+
+
+def _diff(a: dict, b: dict, prefix: str) -> list[str]:
+    """The dotted keys whose values differ between two config mappings."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out += _diff(a[key], b[key], f"{prefix}.{key}")
+        elif a.get(key) != b.get(key):
+            out.append(f"{prefix}.{key}")
+    return out
+
+
+@contextmanager
+def committed(run_dir: Path, target: Path, recipe: Recipe):
+    """Save the recipe for the command's stages to read back; if the command fails on the user's input before any
+    stage wrote anything, take it back, with the folders the command made: a failing command changes nothing in
+    the run folder. (A stage that did write keeps the recipe it was made with.)"""
+    before = target.read_bytes() if target.is_file() else None
+    made = [p for p in (target.parent.parent, target.parent) if not p.exists()]
+    files = _files(run_dir, skip=target)
     if dist.get().is_main:
-        save_yaml(to_dict(recipe), saved)
-    return run_dir, recipe
+        save_yaml(to_dict(recipe), target)
+    try:
+        yield
+    except UserError:
+        if dist.get().is_main and _files(run_dir, skip=target) == files:
+            if before is None:
+                target.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(target, before)
+            for folder in reversed(made):
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
+        raise
+
+
+def _files(run_dir: Path, skip: Path) -> set[tuple[str, int, int]]:
+    """(path, size, modification time) of every file in the run folder but `skip`: whether a command wrote anything."""
+    if not run_dir.is_dir():
+        return set()
+    return {(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file() and p != skip}
 
 
 def dispatch(args):
-    from transformers.utils import logging as hf_logging
-
-    from chatforge import dist, pipeline
-
     hf_logging.disable_progress_bar()  # per-file loading bars drown our own progress display
     if args.command in ("chat", "serve"):
-        from chatforge.serve import app, chat
-
         (chat if args.command == "chat" else app).main(args)
         return
-    dist.init()
-    run_dir, recipe = resolve_recipe(args)
-    if args.command == "run":
-        pipeline.run_all(run_dir, recipe)
-    elif args.command == "world":
-        pipeline.stage_world(run_dir, recipe)
-    elif args.command == "tokenizer":
-        pipeline.stage_tokenizer(run_dir, recipe)
-    elif args.command == "pretrain":
-        from chatforge.train import pretrain
-
-        pretrain.run(run_dir, recipe)
-    elif args.command == "sft":
-        from chatforge.train import sft
-
-        sft.run(run_dir, recipe)
-    elif args.command in ("sample", "rank"):
-        from chatforge import feedback
-
-        if dist.get().is_main:
-            (feedback.sample if args.command == "sample" else feedback.rank)(run_dir, recipe)
-    elif args.command == "reward":
-        from chatforge.train import reward
-
-        reward.run(run_dir, recipe)
-    elif args.command == "ppo":
-        from chatforge.train import ppo
-
-        ppo.run(run_dir, recipe, out=args.out)
-    elif args.command == "eval":
-        pipeline.stage_eval(run_dir, args.stage)
-    elif args.command == "report" and dist.get().is_main:
-        from chatforge.report import render
-
-        print(f"report: {render(run_dir)}")
+    run_dir, recipe, target = resolve_recipe(args)
+    dist.init(recipe.compute.device)
+    with committed(run_dir, target, recipe):
+        if args.command == "run":
+            pipeline.run_all(run_dir, recipe)
+        else:
+            pipeline.run_stage(BY_NAME[args.command], run_dir, recipe, **_run_options(args))
     dist.shutdown()
 
 

@@ -17,7 +17,20 @@ from pathlib import Path
 import yaml
 
 from chatforge.errors import ConfigError
+from chatforge.io import atomic_write_text
 from chatforge.world.config import WorldConfig
+
+
+def _positive(section: str, cfg, names: tuple[str, ...]):
+    for name in names:
+        value = getattr(cfg, name)
+        if not value > 0:  # "not >" also refuses nan
+            raise ConfigError(f"{section}.{name} must be positive, got {value}")
+
+
+def _check_dtype(section: str, dtype: str):
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"{section}.dtype must be auto, fp32 or bf16, got {dtype!r}")
 
 
 @dataclass
@@ -30,6 +43,8 @@ class TokenizerConfig:
     min_frequency: int = 2  # a pair is merged only if it occurs at least this often
 
     def __post_init__(self):
+        if self.min_frequency < 1:
+            raise ConfigError(f"tokenizer.min_frequency must be at least 1, got {self.min_frequency}")
         if self.vocab_size < 300:
             raise ConfigError("tokenizer.vocab_size must be at least 300 (256 bytes + specials + merges)")
 
@@ -47,12 +62,51 @@ class ModelConfig:
     max_seq_len: int = 128  # longest context the position encoding is set up for
     rope_theta: float = 10000.0  # RoPE base
     tie_embeddings: bool = True  # share the input embedding and the unembedding
+    # A local Hugging Face causal LM to start from instead of pretraining one (its own tokenizer and chat template
+    # are used, and the fields above are ignored): the run skips the world, the tokenizer and pretraining.
+    base: str = ""
 
     def __post_init__(self):
+        _positive("model", self, ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "rope_theta"))
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warm-up and a cosine decay: the optimizer of every trained stage (`<stage>.optim`)."""
+
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step (1.0: constant after warm-up)
+    warmup_steps: int = 0  # linear warm-up from 0 to lr over this many steps
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (not applied to norms and biases)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
+
+    def __post_init__(self):
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "warmup_steps"):
+            if not 0 <= getattr(self, name) < float("inf"):  # "not" also refuses nan
+                raise ConfigError(f"optim.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"optim.beta1 and optim.beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft) instead of training every weight; merged into a plain model on save."""
+
+    rank: int = 0  # 0: train all weights; > 0: LoRA adapters of this rank on every linear layer
+    alpha: float = 16.0  # scale numerator (scale = alpha / rank)
+    dropout: float = 0.0
+    keep_adapter: bool = False  # save the adapter on its own (peft's format, naming the base model) instead of merging
+
+    def __post_init__(self):
+        if self.rank < 0 or not self.alpha > 0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.rank must be >= 0, lora.alpha > 0 and lora.dropout in [0, 1), "
+                              f"got {self.rank}, {self.alpha}, {self.dropout}")
 
 
 @dataclass
@@ -64,13 +118,7 @@ class PretrainConfig:
     batch_size: int = 32  # sequences per optimizer step, summed over all processes (the global batch)
     micro_batch_size: int = 32  # sequences per forward pass on one process; accumulation fills the rest
     seq_len: int = 128  # tokens per packed sequence
-    lr: float = 3e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 30  # linear warm-up from 0 to lr
-    weight_decay: float = 0.1  # AdamW decoupled weight decay (not applied to norms and biases)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=30, weight_decay=0.1))
     # source -> weight (normalised); {} means proportional to each source's size. The default
     # favours the fact-dense sources of the built-in world; set your own for your own corpus.
     mixture: dict[str, float] = field(
@@ -91,19 +139,16 @@ class PretrainConfig:
     compile: bool = True  # torch.compile the model (~10 s once, then ~20% faster on CPU); eager if it fails
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "micro_batch_size", "seq_len", "eval_every", "save_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"pretrain.{name} must be positive, got {getattr(self, name)}")
+        _positive("pretrain", self, ("steps", "batch_size", "micro_batch_size", "seq_len", "eval_every", "save_every"))
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"pretrain.batch_size ({self.batch_size}) must be a multiple of "
                 f"pretrain.micro_batch_size ({self.micro_batch_size})"
             )
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"pretrain.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        _check_dtype("pretrain", self.dtype)
         for source, weight in self.mixture.items():
-            if weight < 0:
-                raise ConfigError(f"pretrain.mixture.{source} must be >= 0, got {weight}")
+            if not 0 <= weight < float("inf"):
+                raise ConfigError(f"pretrain.mixture.{source} must be a finite number >= 0, got {weight}")
 
 
 @dataclass
@@ -112,87 +157,85 @@ class SFTConfig:
     batch_size: int = 32  # sequences per step over all processes: dialogues plus replayed pretraining windows
     micro_batch_size: int = 32  # sequences per forward pass on one process
     max_len: int = 128  # a rendered dialogue longer than this is cut (its tail is not trained)
-    lr: float = 1.5e-3  # peak learning rate (LoRA usually wants ~10x more)
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.5e-3, warmup_steps=20))  # LoRA wants ~10x the lr
     replay: float = 0.5  # share of each batch drawn from the pretraining mixture (keeps pretrained knowledge)
     replay_len: int = 64  # tokens per replayed window (dialogues are short: long windows would dominate the compute)
     data: str = ""  # dialogue file or folder (OpenAI messages / ShareGPT / Alpaca); empty: the world's dialogues
     val_data: str = ""  # held-out dialogues; empty: the world's dialogues/val.jsonl, else 2% of `data`
     format: str = "auto"  # auto | messages | sharegpt | alpaca
     skip_invalid: bool = False  # skip (and count) malformed dialogues instead of stopping at the first
-    lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters of this rank, merged into the weights on save
-    lora_alpha: float = 16.0  # LoRA scale numerator (scale = alpha / rank)
-    lora_dropout: float = 0.0
+    lora: LoraConfig = field(default_factory=LoraConfig)
     eval_every: int = 100  # held-out dialogue loss every this many steps (and at the end)
     save_every: int = 50
     seed: int = 1234
     dtype: str = "auto"
-    compile: bool = False  # variable-length batches recompile often; rarely worth it here
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "micro_batch_size", "max_len", "replay_len", "eval_every", "save_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"sft.{name} must be positive, got {getattr(self, name)}")
+        _positive("sft", self, ("steps", "batch_size", "micro_batch_size", "max_len", "replay_len", "eval_every",
+                                "save_every"))
         if not 0.0 <= self.replay < 1.0:
             raise ConfigError(f"sft.replay must be in [0, 1), got {self.replay}")
-        if self.lora_rank < 0:
-            raise ConfigError(f"sft.lora_rank must be >= 0, got {self.lora_rank}")
         if self.format not in ("auto", "messages", "sharegpt", "alpaca"):
             raise ConfigError(f"sft.format must be auto, messages, sharegpt or alpaca, got {self.format!r}")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"sft.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        _check_dtype("sft", self.dtype)
+
+
+@dataclass
+class SampleConfig:
+    """`chatforge sample`: the SFT model answers each ranking prompt K times."""
+
+    k: int = 4  # answers sampled per prompt (InstructGPT: 4 to 9)
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 48  # longest sampled answer
+    batch_size: int = 128  # sequences per generation batch
+    prompts: str = ""  # prompts to sample for (JSONL: "messages" or "prompt", optional "id", "user_id"); empty: the world's
+    seed: int = 4321
+
+    def __post_init__(self):
+        if not 2 <= self.k <= 16:
+            raise ConfigError(f"sample.k must be in [2, 16] (InstructGPT used 4 to 9), got {self.k}")
+        _positive("sample", self, ("max_new_tokens", "batch_size"))
+        if not (self.temperature >= 0 and 0.0 < self.top_p <= 1.0):
+            raise ConfigError("sample.temperature must be >= 0 and sample.top_p in (0, 1]")
+
+
+@dataclass
+class RankConfig:
+    """`chatforge rank`: on the built-in world, simulated annotators (the gold judge with noise) rank the answers."""
+
+    annotator_noise: float = 0.05  # std of the noise each annotator adds to the gold score
+    num_annotators: int = 8  # each ranking records which one made it
+    seed: int = 4321
+
+    def __post_init__(self):
+        if not self.annotator_noise >= 0 or self.num_annotators <= 0:
+            raise ConfigError("rank.annotator_noise must be >= 0 and rank.num_annotators positive")
 
 
 @dataclass
 class RewardConfig:
-    """Sampling K answers (`chatforge sample`), ranking them (`chatforge rank`), the reward model (`chatforge reward`)."""
+    """`chatforge reward`: the reward model, trained on K-way rankings."""
 
-    k: int = 4  # answers the SFT model samples per ranking prompt (InstructGPT: 4 to 9)
-    temperature: float = 1.0  # sampling temperature for the K answers
-    top_p: float = 0.95
-    max_new_tokens: int = 48  # longest sampled answer
-    sample_batch_size: int = 128  # sequences per generation batch
-    prompts: str = ""  # prompts to sample for (JSONL: "messages" or "prompt", optional "id", "user_id"); empty: the world's
-    annotator_noise: float = 0.05  # std of the noise the simulated annotators add to the gold score (world only)
-    num_annotators: int = 8  # simulated annotators; each ranking records which one made it
     rankings: str = ""  # rankings file or folder (docs/rankings.md) to train on; empty: the run's rankings/rankings.jsonl
     skip_invalid: bool = False  # skip (and count) malformed rankings instead of stopping at the first
     heldout_users: float = 0.15  # share of users whose rankings are held out for evaluation (split by user, never by row)
     epochs: float = 2.0  # passes over the training prompts (InstructGPT: 1; 3 is as good as a higher lr, and slower)
     batch_size: int = 8  # prompts per step; all K answers of a prompt go through in the same forward batch
     max_len: int = 128  # tokens per prompt + answer; longer ones lose the start of the conversation, never the answer
-    lr: float = 6e-4  # 3e-4 underfits in 2 epochs (held-out 70% against 75%); 1e-3 forgets what the SFT model knew
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    # lr 3e-4 underfits in 2 epochs (held-out 70% against 75%); 1e-3 forgets what the SFT model knew
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=6e-4, warmup_steps=10))
+    lora: LoraConfig = field(default_factory=LoraConfig)
     eval_every: int = 50  # held-out pairwise accuracy every this many steps (and at the end)
     save_every: int = 25
     seed: int = 4321
     dtype: str = "auto"
 
     def __post_init__(self):
-        if not 2 <= self.k <= 16:
-            raise ConfigError(f"reward.k must be in [2, 16] (InstructGPT used 4 to 9), got {self.k}")
-        for name in ("max_new_tokens", "sample_batch_size", "num_annotators", "batch_size", "max_len",
-                     "eval_every", "save_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"reward.{name} must be positive, got {getattr(self, name)}")
-        if self.epochs <= 0:
-            raise ConfigError(f"reward.epochs must be positive, got {self.epochs}")
+        _positive("reward", self, ("batch_size", "max_len", "eval_every", "save_every", "epochs"))
         if not 0.0 < self.heldout_users < 1.0:
             raise ConfigError(f"reward.heldout_users must be in (0, 1), got {self.heldout_users}")
-        if self.annotator_noise < 0 or self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError("reward.annotator_noise and reward.temperature must be >= 0, reward.top_p in (0, 1]")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"reward.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        _check_dtype("reward", self.dtype)
 
 
 @dataclass
@@ -211,13 +254,9 @@ class PPOConfig:
     max_new_tokens: int = 48  # longest answer; one that runs out is scored as cut there, less unfinished_penalty
     # sampling temperature of the rollouts; PPO then trains the policy at this temperature (logits / T, as sampled)
     temperature: float = 1.0
-    lr: float = 5e-5  # policy learning rate (constant after warm-up)
-    value_lr: float = 2e-4  # value model learning rate
-    warmup_iterations: int = 2  # linear warm-up of both learning rates
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    # the policy's optimizer; its steps are iterations (warm-up over 2, then constant: min_lr_ratio 1)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=2, min_lr_ratio=1.0))
+    value_lr: float = 2e-4  # the value model's peak learning rate; the rest of its optimizer is `optim`'s
     clip_range: float = 0.2  # PPO ratio clip ε
     value_clip_range: float = 0.2  # the value may move at most this far from its rollout estimate per iteration
     gamma: float = 1.0  # discount (1: the reward at the end counts fully for every token)
@@ -230,29 +269,44 @@ class PPOConfig:
     ptx_coef: float = 1.0  # γ of PPO-ptx: weight of the pretraining loss added to the policy loss (0: plain PPO)
     ptx_batch_size: int = 16  # pretraining windows per minibatch, with ptx_coef > 0
     ptx_len: int = 64  # tokens per pretraining window
+    # LoRA: the policy and the value model become two adapters on one frozen copy of the SFT model, which, with the
+    # adapters off, is also the reference: one copy of the weights instead of three
+    lora: LoraConfig = field(default_factory=LoraConfig)
     save_every: int = 5  # checkpoint every this many iterations (and at the end)
     seed: int = 2024
     dtype: str = "auto"
 
     def __post_init__(self):
-        for name in ("iterations", "batch_size", "minibatches", "ppo_epochs", "max_new_tokens", "ptx_batch_size",
-                     "ptx_len", "save_every", "kl_horizon"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"ppo.{name} must be positive, got {getattr(self, name)}")
+        _positive("ppo", self, ("iterations", "batch_size", "minibatches", "ppo_epochs", "max_new_tokens",
+                                "ptx_batch_size", "ptx_len", "save_every", "kl_horizon", "value_lr", "clip_range",
+                                "value_clip_range", "target_kl", "temperature"))
         if self.batch_size % self.minibatches:
             raise ConfigError(f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.minibatches ({self.minibatches})")
-        for name in ("lr", "value_lr", "clip_range", "value_clip_range", "target_kl", "temperature"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"ppo.{name} must be positive, got {getattr(self, name)}")
-        for name in ("kl_coef", "ptx_coef", "unfinished_penalty", "warmup_iterations"):
-            if getattr(self, name) < 0:
+        for name in ("kl_coef", "ptx_coef", "unfinished_penalty"):
+            if not getattr(self, name) >= 0:
                 raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
             raise ConfigError("ppo.gamma and ppo.lam must be in [0, 1]")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"ppo.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        _check_dtype("ppo", self.dtype)
         if self.reward not in ("model", "judge"):
             raise ConfigError(f"ppo.reward must be model or judge, got {self.reward!r}")
+
+
+@dataclass
+class ComputeConfig:
+    """Where the models run, for every stage."""
+
+    device: str = "auto"  # auto (CUDA when there is one, else the CPU) | cpu | cuda
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
+    # several processes (torchrun): ddp, every process holds the whole model; fsdp, FSDP2 shards parameters,
+    # gradients and optimizer states over the processes, for models whose training state does not fit one device
+    parallel: str = "ddp"
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"compute.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"compute.parallel must be ddp or fsdp, got {self.parallel!r}")
 
 
 @dataclass
@@ -262,8 +316,11 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
 
 # ----------------------------------------------------------------------------- building from plain data
@@ -316,15 +373,31 @@ def from_dict(cls, data: dict, where: str = ""):
             raise ConfigError(f"unknown key {path!r} (known: {', '.join(sorted(names))})")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value or {}, path)
+            # a section given in part keeps the rest of its own defaults: `pretrain.optim: {lr: 1e-3}` keeps
+            # pretraining's warm-up and weight decay, not those of a bare OptimConfig
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+            kwargs[key] = from_dict(hint, {**_defaults(cls, key), **(value or {})}, path)
         else:
             kwargs[key] = _check_type(value, hint, path)
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        # a section used in several places (optim, lora) names itself by its own key: say whose it is
+        parent, _, leaf = where.rpartition(".")
+        message = str(e)
+        if parent and message.startswith(leaf + "."):
+            message = f"{parent}.{message}"
+        raise ConfigError(message) from None
     except ValueError as e:  # __post_init__ of dataclasses defined outside this module
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def _defaults(cls, name: str) -> dict:
+    """The default of dataclass field `name` of `cls`, as a plain mapping."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return dataclasses.asdict(default)
 
 
 def to_dict(cfg) -> dict:
@@ -335,7 +408,9 @@ def _set_dotted(data: dict, dotted: str, value):
     keys = dotted.split(".")
     node = data
     for k in keys[:-1]:
-        node = node.setdefault(k, {})
+        if node.get(k) is None:  # absent, or an empty section in the file ("pretrain:")
+            node[k] = {}
+        node = node[k]
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
     node[keys[-1]] = value
@@ -353,35 +428,71 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: silently keeping the last
+    would train with a value the reader of the file did not see."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict:
+    """The mapping a recipe file holds, or a ConfigError naming the file (and the line, where YAML knows it)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a recipe file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
+        data = yaml.load(text, Loader=_StrictLoader) or {}
+    except (yaml.YAMLError, RecursionError) as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     return data
 
 
 def load_recipe(path: Path | None = None, overrides: list[str] = ()) -> Recipe:
-    """Defaults, then the YAML file (if any), then `section.key=value` overrides."""
+    """Defaults, then the YAML file (if any), then `section.key=value` overrides. An error names where the bad
+    value came from: the file, or the override."""
     data = read_yaml(path) if path else {}
-    for text in overrides:
-        key, value = parse_override(text)
+    try:
+        from_dict(Recipe, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    for _, key, value in parsed:
         _set_dotted(data, key, value)
     try:
         return from_dict(Recipe, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(f"{_culprit(path, parsed)}: {e}") from None
+
+
+def _culprit(path: Path | None, parsed: list[tuple[str, str, object]]) -> str:
+    """The override that is wrong on its own (over the file), else all of them: they contradict each other."""
+    for text, key, value in parsed:
+        data = read_yaml(path) if path else {}
+        _set_dotted(data, key, value)
+        try:
+            from_dict(Recipe, data)
+        except ConfigError:
+            return f"--set {text}"
+    return "the --set values together" if len(parsed) > 1 else f"--set {parsed[0][0]}"
 
 
 def save_yaml(data: dict, path: Path):
-    from chatforge.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(data, allow_unicode=True, sort_keys=False))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ _state = Dist()
 
 
 def init(device: str = "auto") -> Dist:
-    """Join the process group if torchrun started us; choose the device; share the CPU cores fairly."""
+    """Join the process group if torchrun started us; choose the device; share the CPU cores fairly (unless the user
+    said how many threads to use, with OMP_NUM_THREADS)."""
     global _state
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -46,8 +48,9 @@ def init(device: str = "auto") -> Dist:
     else:
         dev = torch.device("cpu")
         # N processes on one machine would each start a thread per core and fight over them.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        if not os.environ.get("OMP_NUM_THREADS"):
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         # Same recipe, same machine, same model, bit for bit. On the CPU the one kernel that was not
         # repeatable is torch.compile's embedding backward (a scatter-add that threads race to
         # accumulate); a run then drifted from its twin by 1e-7 after 30 steps and ended a different
@@ -102,8 +105,6 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     """The one place a model is made distributed: DDP when there are several processes."""
     if not _state.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [_state.local_rank] if _state.device.type == "cuda" else None
     return DDP(model, device_ids=ids)
 

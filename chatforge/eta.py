@@ -20,10 +20,7 @@ from chatforge.config import Recipe
 # at 16:50 against 11:24.
 TRAIN_SHARE = 0.6  # a training step of the laptop model: large batched matmuls
 SAMPLE_SHARE = 0.12  # token-by-token sampling with a KV cache: small matmuls, Python per token
-# Seconds per stage that do not grow with the model's FLOPs: loading, saving, the judge; and torch.compile.
-FIXED = {"world": 1, "tokenizer": 1, "pretrain": 5, "sft": 5, "sample": 3, "rank": 1, "reward": 3, "ppo": 5,
-         "eval": 3, "report": 2}
-COMPILE = 26
+COMPILE = 26  # seconds torch.compile takes once, where a stage compiles
 
 
 def forward_flops_per_token(recipe: Recipe, context: int) -> float:
@@ -37,42 +34,61 @@ def forward_flops_per_token(recipe: Recipe, context: int) -> float:
     return 2 * params + 4 * m.n_layers * m.d_model * context
 
 
-def stage_flops(recipe: Recipe, stage: str) -> tuple[float, float]:
-    """(training FLOPs, sampling FLOPs) of one stage of `recipe` on the built-in world."""
-    w, p, s, r, o = recipe.world, recipe.pretrain, recipe.sft, recipe.reward, recipe.ppo
+# Each stage's work as (training FLOPs, sampling FLOPs) on the built-in world; the registry names one per stage.
 
-    def fwd(context: int) -> float:
-        return forward_flops_per_token(recipe, context)
 
-    if stage == "pretrain":
-        return 3 * fwd(p.seq_len) * p.steps * p.batch_size * p.seq_len, 0.0
-    if stage == "sft":
-        # a dialogue row is padded to the longest of its batch, ~3/4 of max_len; replay rows are full windows
-        tokens = s.batch_size * ((1 - s.replay) * s.max_len * 3 / 4 + s.replay * s.replay_len)
-        return 3 * fwd(s.max_len) * s.steps * tokens, 0.0
-    if stage == "sample":
-        return 0.0, fwd(r.max_new_tokens) * w.num_rank_prompts * r.k * r.max_new_tokens
-    if stage == "reward":
-        # about half the prompts keep K distinct answers (the model repeats itself); written comparisons have 2
-        answers = r.epochs * (1 - r.heldout_users) * (w.num_rank_prompts * r.k / 2 + w.num_safety_comparisons * 2)
-        return 3 * fwd(r.max_len) * answers * r.max_len / 2, 0.0
-    if stage == "ppo":
-        length = 2 * o.max_new_tokens  # prompt and answer
-        per_episode = 3 * fwd(length) * length * (1 + 2 * o.ppo_epochs)  # 3 no-grad forwards, 2 models trained
-        ptx = 3 * fwd(o.ptx_len) * o.ppo_epochs * o.minibatches * o.ptx_batch_size * o.ptx_len * (o.ptx_coef > 0)
-        return o.iterations * (o.batch_size * per_episode + ptx), o.iterations * o.batch_size * fwd(length) * o.max_new_tokens
-    if stage == "eval":  # base, SFT and PPO answer every eval prompt; PPO samples once more for its KL to SFT
-        return 0.0, 4 * fwd(48) * w.num_eval_prompts * 48
+def no_flops(recipe: Recipe) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def expected_seconds(recipe: Recipe, ceiling: float) -> dict[str, float]:
-    """Stage -> expected seconds on a machine whose fp32 matmul ceiling is `ceiling` FLOP/s."""
+def pretrain_flops(recipe: Recipe) -> tuple[float, float]:
+    p = recipe.pretrain
+    return 3 * forward_flops_per_token(recipe, p.seq_len) * p.steps * p.batch_size * p.seq_len, 0.0
+
+
+def sft_flops(recipe: Recipe) -> tuple[float, float]:
+    s = recipe.sft
+    # a dialogue row is padded to the longest of its batch, ~3/4 of max_len; replay rows are full windows
+    tokens = s.batch_size * ((1 - s.replay) * s.max_len * 3 / 4 + s.replay * s.replay_len)
+    return 3 * forward_flops_per_token(recipe, s.max_len) * s.steps * tokens, 0.0
+
+
+def sample_flops(recipe: Recipe) -> tuple[float, float]:
+    s = recipe.sample
+    return 0.0, forward_flops_per_token(recipe, s.max_new_tokens) * recipe.world.num_rank_prompts * s.k * s.max_new_tokens
+
+
+def reward_flops(recipe: Recipe) -> tuple[float, float]:
+    w, r = recipe.world, recipe.reward
+    # about half the prompts keep K distinct answers (the model repeats itself); written comparisons have 2
+    answers = r.epochs * (1 - r.heldout_users) * (w.num_rank_prompts * recipe.sample.k / 2 + w.num_safety_comparisons * 2)
+    return 3 * forward_flops_per_token(recipe, r.max_len) * answers * r.max_len / 2, 0.0
+
+
+def ppo_flops(recipe: Recipe) -> tuple[float, float]:
+    o = recipe.ppo
+    length = 2 * o.max_new_tokens  # prompt and answer
+    fwd = forward_flops_per_token(recipe, length)
+    per_episode = 3 * fwd * length * (1 + 2 * o.ppo_epochs)  # 3 no-grad forwards, 2 models trained
+    ptx = 3 * forward_flops_per_token(recipe, o.ptx_len) * o.ppo_epochs * o.minibatches * o.ptx_batch_size * o.ptx_len
+    train = o.iterations * (o.batch_size * per_episode + ptx * (o.ptx_coef > 0))
+    return train, o.iterations * o.batch_size * fwd * o.max_new_tokens
+
+
+def eval_flops(recipe: Recipe) -> tuple[float, float]:
+    """Base, SFT and PPO answer every eval prompt; PPO samples once more for its KL to SFT."""
+    return 0.0, 4 * forward_flops_per_token(recipe, 48) * recipe.world.num_eval_prompts * 48
+
+
+def expected_seconds(stages, recipe: Recipe, ceiling: float) -> dict[str, float]:
+    """Stage name -> expected seconds of each registry entry (`chatforge.stages.Stage`) on a machine whose fp32
+    matmul ceiling is `ceiling` FLOP/s."""
     out = {}
-    for stage, fixed in FIXED.items():
-        train, sample = stage_flops(recipe, stage)
-        compiled = (stage == "pretrain" and recipe.pretrain.compile) or (stage == "sft" and recipe.sft.compile)
-        out[stage] = fixed + COMPILE * compiled + train / (TRAIN_SHARE * ceiling) + sample / (SAMPLE_SHARE * ceiling)
+    for stage in stages:
+        train, sample = stage.flops(recipe)
+        compiled = stage.compiles(recipe) if stage.compiles else False
+        out[stage.name] = (stage.fixed_seconds + COMPILE * compiled + train / (TRAIN_SHARE * ceiling)
+                           + sample / (SAMPLE_SHARE * ceiling))
     return out
 
 

@@ -7,10 +7,12 @@ Used by pretraining samples and evaluation now, and by sampling, PPO, chat and s
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from transformers import DynamicCache
 
 
 @dataclass
@@ -90,8 +92,6 @@ def generate(
     on_step, if given, sees each step's new token per row (pad_id for rows already done) and may
     return row indices to end there (a client went away, or the row reached its own length
     limit): what streaming and serving need. It costs a device sync per step."""
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -130,8 +130,6 @@ def generate(
 def cache_keyword(model) -> str:
     """The keyword under which the model's forward takes its KV cache: `cache` in the transformers releases that
     renamed it (which warn that `past_key_values` goes away in 5.40), `past_key_values` in the earlier ones."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model: the wrapped one
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 

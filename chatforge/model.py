@@ -1,6 +1,8 @@
 """Models are plain `transformers` classes, so every checkpoint is a directory that `from_pretrained` loads.
 
-Written for one device; `chatforge.dist.wrap` is the only place that makes a model distributed.
+Written for one device; `chatforge.dist.wrap` is the only place that makes a model distributed. Here: building
+a fresh model, loading any local Hugging Face causal LM or sequence classifier (or a LoRA adapter over one),
+choosing the dtype of its weights, adding LoRA adapters, and saving in the shape `transformers` reads.
 """
 
 from __future__ import annotations
@@ -8,17 +10,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import peft
 import torch
+from transformers import (
+    AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+)
 
-from chatforge.config import ModelConfig
+from chatforge.config import LoraConfig, ModelConfig
 from chatforge.errors import UserError
 from chatforge.tokenizer import IM_END
+
+CAUSAL_LM, SEQ_CLS = "CAUSAL_LM", "SEQ_CLS"  # peft's names of the two kinds of model chatforge trains
 
 
 def build_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
     """A fresh Llama-style decoder (RMSNorm, RoPE, SwiGLU) sized by `cfg`, vocabulary from `tokenizer`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     eos_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -42,29 +48,112 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
     return model
 
 
-def load_causal_lm(path: Path) -> torch.nn.Module:
-    """Load a local Hugging Face causal-LM directory, or fail with a message that says why."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+# ----------------------------------------------------------------------------- devices and dtypes
 
-    path = Path(path)
+
+def weights_dtype(device: torch.device, setting: str = "auto", trained: bool = False) -> torch.dtype:
+    """The dtype a model's weights are held in. Trained weights stay fp32 (bf16 autocast does the fast math on CUDA,
+    and AdamW needs fp32 to add small updates); frozen and inference weights are bf16 on CUDA (half the memory),
+    fp32 on the CPU unless `setting` asks for bf16."""
+    if trained or setting == "fp32":
+        return torch.float32
+    if setting == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    return torch.float32
+
+
+def inference_device() -> torch.device:
+    """Where sampling, evaluation, chat and serving run: the GPU when there is one."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _config(path: Path):
+    """The model config of a directory, or a UserError saying what is wrong with it."""
     config_file = path / "config.json"
     if not config_file.exists():
         raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
     try:
-        config = AutoConfig.from_pretrained(str(path))
-    except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{config_file}: cannot be read as a model config ({e})") from None
+        return AutoConfig.from_pretrained(str(path))
+    except (ValueError, KeyError, OSError, TypeError, json.JSONDecodeError) as e:
+        raise UserError(f"{config_file}: cannot be read as a model config ({str(e).splitlines()[0][:200]})") from None
+
+
+def adapter_base(path: Path) -> Path | None:
+    """The base model a saved LoRA adapter directory names (peft's adapter_config.json), or None if it is a model."""
+    file = Path(path) / "adapter_config.json"
+    if not file.exists() or (Path(path) / "config.json").exists():
+        return None
+    try:
+        return Path(json.loads(file.read_text(encoding="utf-8"))["base_model_name_or_path"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{file}: not a readable adapter config ({e})") from None
+
+
+def load_causal_lm(path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A local Hugging Face causal-LM directory (or a LoRA adapter saved over one, merged on load), or a UserError
+    that says why not."""
+    path = Path(path)
+    base = adapter_base(path)
+    if base is not None:
+        merged = peft.PeftModel.from_pretrained(load_causal_lm(base, device, dtype), str(path)).merge_and_unload()
+        return merged
+    config = _config(path)
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        raise UserError(f"{config_file}: field 'architectures' is {archs}, not a causal language model")
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"{path}: cannot be loaded as a causal language model ({e})") from None
+        raise UserError(f"{path / 'config.json'}: field 'architectures' is {archs}, not a causal language model")
+    return _from_pretrained(AutoModelForCausalLM, path, device, dtype)
+
+
+def load_sequence_classifier(path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                             **kwargs) -> torch.nn.Module:
+    """A local directory as `AutoModelForSequenceClassification` (a reward model, or an SFT model given a head)."""
+    path = Path(path)
+    _config(path)
+    return _from_pretrained(AutoModelForSequenceClassification, path, device, dtype, **kwargs)
+
+
+def _from_pretrained(auto_class, path: Path, device, dtype: torch.dtype, **kwargs) -> torch.nn.Module:
+    try:  # by its absolute path: an adapter saved over this model names it, and must find it from anywhere
+        model = auto_class.from_pretrained(str(path.resolve()), dtype=dtype, **kwargs)
+    except (ValueError, KeyError, OSError, RuntimeError, TypeError) as e:  # a missing or torn weights file among them
+        raise UserError(f"{path}: cannot be loaded ({str(e).splitlines()[0][:300]})") from None
+    return model.to(device)
+
+
+# ----------------------------------------------------------------------------- training: LoRA, memory
+
+
+def with_lora(model: torch.nn.Module, lora: LoraConfig, task: str, name: str = "default") -> torch.nn.Module:
+    """`model` with LoRA adapters on every linear layer (the output head excepted; a classifier's head is trained
+    whole): only the adapters train. With lora.rank 0, the model itself, every weight trained."""
+    if not lora.rank:
+        return model
+    config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                             target_modules="all-linear", task_type=task)
+    return peft.get_peft_model(model, config, adapter_name=name)
+
+
+def memory_savers(model: torch.nn.Module, grad_checkpointing: bool) -> torch.nn.Module:
+    """Recompute activations in the backward pass instead of keeping them, if asked: less memory, more compute."""
+    if grad_checkpointing:
+        inner = model.get_base_model() if isinstance(model, peft.PeftModel) else model
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inner.config.use_cache = False
+    return model
+
+
+# ----------------------------------------------------------------------------- counting
 
 
 def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def num_trained(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def matmul_params(model: torch.nn.Module) -> int:
@@ -83,8 +172,18 @@ def train_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     return 6 * matmul_params(model) + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
 
-def save_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path):
-    """A directory `AutoModelForCausalLM` and `AutoTokenizer` load as is (weights, config, tokenizer, template)."""
+# ----------------------------------------------------------------------------- saving
+
+
+def save_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path, lora: LoraConfig | None = None):
+    """A directory `transformers` loads as is (weights, config, tokenizer, template). LoRA adapters are merged into
+    the weights, unless lora.keep_adapter: then the adapter alone, in peft's format, naming its base model. Weights
+    are saved in the dtype the base model was published in (bf16 for most), ours in fp32."""
     out_dir = Path(out_dir)
+    if isinstance(model, peft.PeftModel) and not (lora and lora.keep_adapter):
+        model = model.merge_and_unload()
+    published = getattr(model.config, "dtype", None)
+    if published in (torch.bfloat16, torch.float16) and not isinstance(model, peft.PeftModel):
+        model = model.to(published)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))

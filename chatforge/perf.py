@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from chatforge import dist
+
 
 def _sync(device: torch.device):
     if device.type == "cuda":
@@ -50,3 +52,8 @@ class Throughput:
     @property
     def flops_per_s(self) -> float:
         return self.tokens_per_s * self.flops_per_token
+
+
+def machine_ceiling(d: dist.Dist) -> float:
+    """fp32 matmul FLOP/s of the whole machine now: every process measures at once, the rates add up."""
+    return float(dist.all_reduce_sum(torch.tensor(matmul_ceiling(d.device))))

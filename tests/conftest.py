@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY_PRETRAIN = [
     "model.d_model=64", "model.d_ff=128", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
     "model.max_seq_len=64", "tokenizer.vocab_size=400",
-    "pretrain.batch_size=8", "pretrain.micro_batch_size=4", "pretrain.seq_len=32", "pretrain.warmup_steps=5",
+    "pretrain.batch_size=8", "pretrain.micro_batch_size=4", "pretrain.seq_len=32", "pretrain.optim.warmup_steps=5",
     "pretrain.eval_every=10", "pretrain.eval_sequences=8", "pretrain.save_every=10", "pretrain.sample_every=0",
     "pretrain.compile=false", "pretrain.mixture={}",
 ]

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from chatforge.errors import DataError
-from chatforge.eval import pair_category
+from chatforge.eval.reward import pair_category
 from chatforge.world import WorldConfig, build_world, chat_text, templates
 from chatforge.world.judge import (W_FLUENT, W_HARMLESS, W_HELPFUL, W_HONEST, Judge, Score, is_dont_know,
                                   is_refusal)

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import RECIPES, cli, same_model_file
 
-from chatforge.pipeline import STAGES
+from chatforge.stages import STAGES as REGISTRY
+
+STAGES = [s.name for s in REGISTRY]
 
 pytestmark = pytest.mark.slow
 TRAINED = ("base", "sft", "reward", "ppo")

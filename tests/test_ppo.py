@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
+from chatforge.scoring import answer_logits, entropy_of, kl_k1, kl_k3, layout, token_logprobs
 from chatforge.train.ppo import (
-    adaptive_kl, entropy_of, explained_variance, gae, kl_k1, kl_k3, layout, masked_mean, masked_var, masked_whiten,
-    overoptimisation, policy_loss, token_logprobs, token_rewards, value_loss,
+    adaptive_kl, explained_variance, gae, masked_mean, masked_var, masked_whiten, overoptimisation, policy_loss,
+    token_rewards, value_loss,
 )
 from conftest import RECIPES, cli, kill_at_first_checkpoint, top_level
 
@@ -195,22 +196,24 @@ def _iteration(run, **changes):
     recipe = load_recipe(RECIPES / "tiny.yaml")
     cfg = replace(recipe.ppo, **changes)
     d = dist.init()
-    policy, value, ref, rm, bias, tok = ppo.load_models(run, d)
-    prompts, _ = ppo.load_ppo_prompts(run, cfg, tok, policy.config.max_position_embeddings - cfg.max_new_tokens)
-    scorer = ppo.Scorer(rm, bias, tok, policy.config.max_position_embeddings, cfg.unfinished_penalty)
-    opts = (make_optimizer(policy, cfg.lr, 0.0, (0.9, 0.95)), make_optimizer(value, cfg.value_lr, 0.0, (0.9, 0.95)))
-    return cfg, d, policy, value, ref, rm, scorer, tok, prompts, opts
+    prompts, report = ppo.load_ppo_prompts(run, replace(recipe, ppo=cfg))
+    models = ppo.load_models(run, replace(recipe, ppo=cfg), d)
+    scorer = ppo.Scorer(models.reward, models.bias, models.tokenizer, report["context"], cfg.unfinished_penalty)
+    optimizers = {"policy": make_optimizer(models.policy_params, cfg.optim),
+                  "value": make_optimizer(models.value_params, cfg.optim, lr=cfg.value_lr)}
+    return cfg, d, models, scorer, prompts, optimizers
 
 
 @pytest.mark.slow
 def test_reference_and_reward_model_get_no_gradient_and_do_not_change(rm_copy):
     from chatforge.train import ppo
 
-    cfg, d, policy, value, ref, rm, scorer, tok, prompts, (op, ov) = _iteration(rm_copy("frozen"), ppo_epochs=1)
+    cfg, d, models, scorer, prompts, opts = _iteration(rm_copy("frozen"), ppo_epochs=1)
+    ref, rm, policy = models.reference, models.reward, models.policy
     before = {name: [p.detach().clone() for p in m.parameters()] for name, m in (("ref", ref), ("rm", rm))}
     policy_before = [p.detach().clone() for p in policy.parameters()]
-    batch = ppo.rollout(policy, value, ref, scorer, prompts[:8], tok, cfg, 0.05, None, d.device)
-    ppo.optimise(policy, value, op, ov, batch, cfg, None, 0, d)
+    batch = ppo.rollout(models, scorer, prompts[:8], cfg, 0.05, None, d.device)
+    ppo.optimise(policy, models.value, models, opts, batch, cfg, None, 0, d)
     for name, m in (("ref", ref), ("rm", rm)):
         assert all(p.grad is None and not p.requires_grad for p in m.parameters()), name
         assert all(torch.equal(a, b) for a, b in zip(before[name], m.parameters())), name
@@ -223,27 +226,25 @@ def test_ppo_trains_the_distribution_it_sampled_from(rm_copy):
     and reference) are of that distribution, so the first update starts on-policy (ratio 1, nothing clipped)."""
     from chatforge.train import ppo
 
-    cfg, d, policy, value, ref, rm, scorer, tok, prompts, (op, ov) = _iteration(
+    cfg, d, models, scorer, prompts, opts = _iteration(
         rm_copy("temperature"), temperature=0.5, ppo_epochs=1, minibatches=1)
-    batch = ppo.rollout(policy, value, ref, scorer, prompts[:8], tok, cfg, 0.05, None, d.device)
+    batch = ppo.rollout(models, scorer, prompts[:8], cfg, 0.05, None, d.device)
     w, tokens, mask = batch.prompt_width, batch.ids[:, batch.prompt_width:], batch.answer_mask
     with torch.no_grad():
-        for model, logp in ((policy, batch.old_logp), (ref, batch.ref_logp)):
-            logits = ppo.answer_logits(model, batch.ids, batch.attention, batch.positions, w)
+        for model, logp in ((models.policy, batch.old_logp), (models.reference, batch.ref_logp)):
+            logits = answer_logits(model, batch.ids, batch.attention, batch.positions, w)
             assert torch.allclose(logp * mask, token_logprobs(logits / 0.5, tokens) * mask, atol=1e-5)
             assert not torch.allclose(logp * mask, token_logprobs(logits, tokens) * mask, atol=1e-3)
-    stats = ppo.optimise(policy, value, op, ov, batch, cfg, None, 0, d)
+    stats = ppo.optimise(models.policy, models.value, models, opts, batch, cfg, None, 0, d)
     assert stats["approx_kl"] < 1e-10 and stats["clipfrac"] == 0.0
 
 
 def _exact_kl(policy, reference, batch) -> float:
     """Mean over answer tokens of the exact KL(π || π_ref) of the next-token distributions (no sampling noise)."""
-    from chatforge.train import ppo
-
     w = batch.prompt_width
     with torch.no_grad():
-        lp = ppo.answer_logits(policy, batch.ids, batch.attention, batch.positions, w).log_softmax(-1)
-        lq = ppo.answer_logits(reference, batch.ids, batch.attention, batch.positions, w).log_softmax(-1)
+        lp = answer_logits(policy, batch.ids, batch.attention, batch.positions, w).log_softmax(-1)
+        lq = answer_logits(reference, batch.ids, batch.attention, batch.positions, w).log_softmax(-1)
     return float(masked_mean((lp.exp() * (lp - lq)).sum(-1), batch.answer_mask))
 
 
@@ -252,19 +253,23 @@ def test_large_beta_keeps_the_policy_at_the_reference(rm_copy):
     """With a huge KL penalty the reward is all KL: the policy stays at the reference, while without a
     penalty it drifts away. (The first update cannot be held: the policy starts at the reference, so its
     answers have KL 0 and their reward is the RM score alone, whatever β is.)"""
+    from dataclasses import replace
+
+    from chatforge.config import load_recipe
     from chatforge.train import ppo
 
     kls = {}
     for beta in (0.0, 50.0):
         torch.manual_seed(0)
-        cfg, d, policy, value, ref, rm, scorer, tok, prompts, (op, ov) = _iteration(
-            rm_copy(f"beta{beta}"), lr=1e-4, adaptive_kl=False, ppo_epochs=4)
-        fixed = ppo.rollout(policy, value, ref, scorer, prompts[:24], tok, cfg, beta, None, d.device)
+        recipe = load_recipe(RECIPES / "tiny.yaml")
+        cfg, d, models, scorer, prompts, opts = _iteration(
+            rm_copy(f"beta{beta}"), optim=replace(recipe.ppo.optim, lr=1e-4), adaptive_kl=False, ppo_epochs=4)
+        fixed = ppo.rollout(models, scorer, prompts[:24], cfg, beta, None, d.device)
         kls[beta] = []
         for it in range(6):
-            batch = ppo.rollout(policy, value, ref, scorer, prompts[:16], tok, cfg, beta, None, d.device)
-            ppo.optimise(policy, value, op, ov, batch, cfg, None, it, d)
-            kls[beta].append(_exact_kl(policy, ref, fixed))
+            batch = ppo.rollout(models, scorer, prompts[:16], cfg, beta, None, d.device)
+            ppo.optimise(models.policy, models.value, models, opts, batch, cfg, None, it, d)
+            kls[beta].append(_exact_kl(models.policy, models.reference, fixed))
     assert max(kls[50.0][2:]) < 0.02, kls
     assert kls[0.0][-1] > 5 * kls[50.0][-1] and kls[0.0][-1] > kls[0.0][0], kls
 
@@ -328,7 +333,7 @@ def test_the_gold_judge_can_stand_in_for_the_reward_model(rm_copy, tmp_path):
     from chatforge.world.judge import Judge
 
     run = rm_copy("judge")
-    cfg, d, policy, value, ref, rm, _, tok, prompts, _ = _iteration(run)
+    cfg, d, models, _, prompts, _ = _iteration(run)
     judge = Judge.from_world(run / "data")
     scorer = ppo.JudgeScorer(judge, unfinished_penalty=0.5)
     some = prompts[:4]
@@ -336,7 +341,7 @@ def test_the_gold_judge_can_stand_in_for_the_reward_model(rm_copy, tmp_path):
     score, own = scorer(some, texts, [True, True, False, True])
     gold = [judge.score(p, t, f).total for p, t, f in zip(some, texts, [True, True, False, True])]
     assert own.tolist() == pytest.approx(gold) and (own - score).tolist() == pytest.approx([0, 0, 0.5, 0])
-    batch = ppo.rollout(policy, value, ref, scorer, prompts[:8], tok, cfg, 0.05, judge, d.device)
+    batch = ppo.rollout(models, scorer, prompts[:8], cfg, 0.05, judge, d.device)
     assert batch.stats["reward/rm"] == pytest.approx(batch.stats["reward/gold"])
 
     out = cli("ppo", "--run", str(run), "--reward", "judge", "--out", "ppo-judge", "--set", "ppo.iterations=1")

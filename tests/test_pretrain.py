@@ -89,7 +89,7 @@ def test_init_from_a_hugging_face_directory(fresh_run):
     first = fresh_run("first")
     cli("pretrain", "--run", str(first), *overrides("pretrain.steps=5"))
     second = fresh_run("second")
-    cli("pretrain", "--run", str(second), "--init", str(first / "base"), *overrides("pretrain.steps=5", "pretrain.lr=0.0"))
+    cli("pretrain", "--run", str(second), "--init", str(first / "base"), *overrides("pretrain.steps=5", "pretrain.optim.lr=0.0"))
     # lr 0: the second run's weights are the first run's final weights
     from safetensors.torch import load_file
 

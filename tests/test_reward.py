@@ -101,7 +101,7 @@ def test_pairs_and_accuracy():
 
 
 def test_best_of_k_by_hand():
-    from chatforge.eval import best_of
+    from chatforge.eval.stats import best_of
 
     # (mean gold of the K answers, gold of the RM's pick, gold of the best), per prompt
     b = best_of([(0.5, 1.0, 1.0), (0.2, -0.4, 0.6), (0.7, 0.7, 0.7)])
@@ -133,7 +133,7 @@ def test_tiny_reward_pipeline_resumes_and_loads_in_transformers(tiny_copy):
     from transformers import AutoModelForSequenceClassification
 
     from chatforge.data.rankings import read_rankings, split_by_user
-    from chatforge.train.reward import answer_ids, load_reward_model, pad_sequences, rewards_of
+    from chatforge.scoring import answer_ids, load_reward_model, pad_right, rewards_of
 
     run = tiny_copy("rm")
     cli("sft", "--run", str(run))
@@ -166,7 +166,7 @@ def test_tiny_reward_pipeline_resumes_and_loads_in_transformers(tiny_copy):
     model, tokenizer, bias = load_reward_model(run / "reward")
     hf = AutoModelForSequenceClassification.from_pretrained(str(run / "reward")).eval()
     seqs = [answer_ids(tokenizer, r.messages, a, 64) for r in rankings[:3] for a in r.answers]
-    ids, lengths = pad_sequences(seqs, tokenizer.pad_token_id)
+    ids, lengths = pad_right(seqs, tokenizer.pad_token_id)
     with torch.no_grad():
         ours = rewards_of(model, ids, lengths)
         theirs = torch.stack([hf(input_ids=torch.tensor([s])).logits[0, 0] for s in seqs])

@@ -10,11 +10,12 @@ import torch
 
 from chatforge.train.loop import read_metrics
 from chatforge.train.loop import EpochOrder
-from chatforge.train.sft import masked_token_loss, pad_right
+from chatforge.scoring import masked_token_loss
+from chatforge.data.dialogues import padded
 from conftest import cli, kill_at_first_checkpoint, same_model_file
 
 SFT_FAST = ["sft.steps=24", "sft.batch_size=8", "sft.micro_batch_size=4", "sft.max_len=64",
-            "sft.eval_every=8", "sft.save_every=4", "sft.warmup_steps=2"]
+            "sft.eval_every=8", "sft.save_every=4", "sft.optim.warmup_steps=2"]
 
 
 def sets(*items):
@@ -34,7 +35,7 @@ def test_masked_loss_counts_only_marked_targets():
 
 
 def test_pad_right_and_dialogue_order():
-    ids, mask = pad_right([(torch.tensor([5, 6, 7]), torch.tensor([0, 1, 1])), (torch.tensor([8]), torch.tensor([1]))], pad_id=0)
+    ids, mask = padded([(torch.tensor([5, 6, 7]), torch.tensor([0, 1, 1])), (torch.tensor([8]), torch.tensor([1]))], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[0, 1, 1], [1, 0, 0]]
     order = EpochOrder(10, seed=1)
     first_epoch = order.indices(0, 5) + order.indices(1, 5)
@@ -60,36 +61,38 @@ def test_sft_kill_and_resume_matches_uninterrupted(tiny_copy):
 
 @pytest.mark.slow
 def test_lora_trains_only_adapters_and_merges_exactly(tiny_copy):
+    """Two runs of one LoRA SFT: one merges the adapters into a plain model, one keeps them apart (peft's format,
+    naming its base). The merged weights are the base weights plus scale · B @ A of the kept adapters, exactly; the
+    kept adapter loads in transformers over its base; the checkpoints (which held only the adapters) are gone."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    run = tiny_copy("lora")
-    cli("sft", "--run", str(run), "--lora-rank", "4", *sets(*SFT_FAST, "sft.steps=6", "sft.lr=0.02"))
-    base = load_file(run / "base" / "model.safetensors")
-    merged = load_file(run / "sft" / "model.safetensors")
+    merged_run, kept_run = tiny_copy("lora"), tiny_copy("lora-kept")
+    train = (*SFT_FAST, "sft.steps=6", "sft.optim.lr=0.02")
+    cli("sft", "--run", str(merged_run), "--lora-rank", "4", *sets(*train))
+    cli("sft", "--run", str(kept_run), "--lora-rank", "4", *sets(*train, "sft.lora.keep_adapter=true"))
+    base = load_file(merged_run / "base" / "model.safetensors")
+    merged = load_file(merged_run / "sft" / "model.safetensors")
     assert set(base) == set(merged)  # a plain model, no adapter tensors left
-    ckpt = load_file(next((run / "sft" / "checkpoints").glob("step-*")) / "model.safetensors")
-    adapters = {k: v for k, v in ckpt.items() if "lora_" in k}
-    assert adapters and any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)
-    changed = set()
-    for key, value in ckpt.items():  # everything but the adapters kept its pretrained value
-        if "lora_" in key:
-            continue
-        plain = key.replace("base_model.model.", "").replace(".base_layer", "")
-        plain = "model.embed_tokens.weight" if plain == "lm_head.weight" else plain  # tied: saved once
-        assert torch.equal(value, base[plain]), key
-    # merged weight = base weight + scale · B @ A, for every adapted projection
-    scale = 16.0 / 4
-    for key in adapters:
-        if ".lora_A." not in key:
-            continue
-        prefix = key.split(".lora_A.")[0]
-        a, b = ckpt[key], ckpt[key.replace("lora_A", "lora_B")]
-        plain = prefix.replace("base_model.model.", "") + ".weight"
+    assert not (merged_run / "sft" / "checkpoints").exists()
+    adapters = load_file(kept_run / "sft" / "adapter_model.safetensors")
+    assert adapters and all("lora_" in k for k in adapters)
+    assert any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)
+    # merged weight = base weight + scale · B @ A, for every adapted projection; the rest kept its pretrained value
+    scale, changed = 16.0 / 4, set()
+    for key in (k for k in adapters if ".lora_A." in k):
+        plain = key.split(".lora_A.")[0].replace("base_model.model.", "") + ".weight"
+        a, b = adapters[key], adapters[key.replace("lora_A", "lora_B")]
         assert torch.allclose(merged[plain], base[plain] + scale * b @ a, atol=1e-6)
         changed.add(plain)
+    assert all(torch.equal(merged[k], base[k]) for k in set(base) - changed)
     assert any(not torch.equal(merged[k], base[k]) for k in changed)
-    assert AutoModelForCausalLM.from_pretrained(run / "sft") is not None
+    assert AutoModelForCausalLM.from_pretrained(merged_run / "sft") is not None
+    kept = AutoModelForCausalLM.from_pretrained(kept_run / "sft")  # transformers reads the adapter over its base
+    plain = AutoModelForCausalLM.from_pretrained(merged_run / "sft")
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        assert torch.allclose(kept(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ import torch
 from chatforge.config import Recipe, load_recipe, parse_override
 from chatforge.data.mixture import MixtureSampler, eval_windows, mixture_weights
 from chatforge.errors import ConfigError, DataError
-from chatforge.eval import completes_with, refusals_by_request, wrong_side
+from chatforge.eval.policy import completes_with, refusals_by_request
+from chatforge.report.tables import wrong_side
 from chatforge.train.loop import _flatten, _unflatten, lr_at
 
 
@@ -87,8 +88,8 @@ def test_config_unknown_key_wrong_type_and_overrides(tmp_path: Path):
     bad.write_text("model: [1, 2\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
         load_recipe(bad)
-    r = load_recipe(None, ["pretrain.lr=3e-4", "pretrain.mixture={news: 2, code: 1}", "model.n_layers=2"])
-    assert r.pretrain.lr == 3e-4 and r.pretrain.mixture == {"news": 2.0, "code": 1.0} and r.model.n_layers == 2
+    r = load_recipe(None, ["pretrain.optim.lr=3e-4", "pretrain.mixture={news: 2, code: 1}", "model.n_layers=2"])
+    assert r.pretrain.optim.lr == 3e-4 and r.pretrain.mixture == {"news": 2.0, "code": 1.0} and r.model.n_layers == 2
     with pytest.raises(ConfigError, match="must be divisible"):
         load_recipe(None, ["model.d_model=100", "model.n_heads=3"])
     assert parse_override("a.b=") == ("a.b", "")
@@ -103,13 +104,14 @@ def test_laptop_recipe_is_the_default():
 def test_every_recipe_loads_and_the_gpu_recipe_is_bigger():
     """The README's recipes all load; the single-GPU one is the laptop one scaled up, for a CUDA device."""
     from chatforge.eta import expected_seconds
+    from chatforge.stages import STAGES
 
     recipes = {p.stem: load_recipe(p) for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")}
-    assert set(recipes) == {"laptop", "tiny", "gpu"}
+    assert {"laptop", "tiny", "gpu", "smollm2-cpu", "gpu-0.5b"} <= set(recipes)
     laptop, gpu = recipes["laptop"], recipes["gpu"]
     assert gpu.model.d_model > laptop.model.d_model and gpu.pretrain.steps > laptop.pretrain.steps
     assert gpu.pretrain.dtype == "auto" and gpu.pretrain.compile  # bf16 autocast and torch.compile on CUDA
-    times = {name: sum(expected_seconds(r, 2e11).values()) for name, r in recipes.items()}
+    times = {name: sum(expected_seconds(STAGES, r, 2e11).values()) for name, r in recipes.items()}
     assert times["tiny"] < times["laptop"] < times["gpu"]
 
 
@@ -142,7 +144,7 @@ def test_read_jsonl_names_the_line_of_a_bad_byte(tmp_path):
 
 
 def test_win_rate_counts_ties_half_and_gives_an_interval_over_prompts():
-    from chatforge.eval import interval95, win_rate
+    from chatforge.eval.stats import interval95, win_rate
 
     records = [{"id": str(i), "kind": "fact" if i < 4 else "harmful"} for i in range(6)]
     mine = {"0": 1.0, "1": 0.5, "2": 0.2, "3": 0.2, "4": 1.0, "5": -0.35}
@@ -173,7 +175,8 @@ def test_refusals_are_counted_per_request_and_the_wrong_side_listed():
 
 
 def test_auc_counts_ties_half_and_needs_no_threshold():
-    from chatforge.eval import auc, refusal_auc
+    from chatforge.eval.policy import refusal_auc
+    from chatforge.eval.stats import auc
 
     assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auc([0.1], [0.9]) == 0.0
@@ -185,7 +188,7 @@ def test_auc_counts_ties_half_and_needs_no_threshold():
 
 
 def test_act_knowledge_asks_which_ending_the_model_finds_likelier_after_each_act():
-    from chatforge.eval import act_knowledge
+    from chatforge.eval.policy import act_knowledge
     from chatforge.world.conduct import NEWS
 
     crime_endings = {shape.split("{act}")[1] for lang in ("en", "zh") for shape in NEWS["harmful"][lang]}
@@ -208,7 +211,7 @@ def test_act_knowledge_asks_which_ending_the_model_finds_likelier_after_each_act
 def test_continuation_scorer_is_the_mean_log_probability_of_the_continuation(chat_model):
     import torch
 
-    from chatforge.eval import continuation_scorer
+    from chatforge.eval.policy import continuation_scorer
     from chatforge.model import load_causal_lm
     from chatforge.tokenizer import load_tokenizer
 
@@ -225,7 +228,7 @@ def test_continuation_scorer_is_the_mean_log_probability_of_the_continuation(cha
 
 
 def test_every_fixed_request_has_its_act():
-    from chatforge.eval import request_acts
+    from chatforge.eval.policy import request_acts
     from chatforge.world import chat_text
 
     ids = [item[0] for item in chat_text.HARMFUL] + [item[0] for item in chat_text.BENIGN]
@@ -243,7 +246,7 @@ def test_refusal_probability_sums_each_opening_once(chat_model):
 
     import torch
 
-    from chatforge.eval import refusal_probability
+    from chatforge.eval.policy import refusal_probability
     from chatforge.model import load_causal_lm
     from chatforge.tokenizer import load_tokenizer, render_chat
 

@@ -25,6 +25,16 @@ class Source:
     val_files: list[Path] = field(default_factory=list)
 
 
+def corpus_dir(run_dir: Path, own: str) -> Path:
+    """The user's corpus folder `own`, else the run's (the built-in world's) data/corpus."""
+    return Path(own) if own else Path(run_dir) / "data" / "corpus"
+
+
+def token_cache(run_dir: Path) -> Path:
+    """Where the tokenised corpus streams of a run are cached."""
+    return Path(run_dir) / "data" / "tokens"
+
+
 def discover_sources(corpus_dir: Path) -> dict[str, Source]:
     corpus_dir = Path(corpus_dir)
     if not corpus_dir.is_dir():

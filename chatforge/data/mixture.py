@@ -8,8 +8,13 @@ uninterrupted run would have, and a 2-process run sees the 1-process run's batch
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from chatforge import dist
+from chatforge.data.corpus import discover_sources
+from chatforge.data.tokens import load_streams
 from chatforge.errors import DataError
 
 
@@ -54,9 +59,25 @@ class MixtureSampler:
 
     def rank_rows(self, step: int, batch_size: int) -> torch.Tensor:
         """This process's share of step `step`'s global batch."""
-        from chatforge import dist
-
         return dist.my_share(self.global_batch(step, batch_size)[0])
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} {float(p):.0%} ({s.numel():,} tokens)" for n, p, s in zip(self.names, self.probs, self.streams))
+
+
+def load_mixture(corpus_dir: Path, cache_dir: Path, tokenizer, weights: dict[str, float], seq_len: int,
+                 seed: int) -> tuple[MixtureSampler, dict[str, torch.Tensor]]:
+    """(a sampler of seq_len-token windows drawn from the sources by `weights`, the held-out stream per source)
+    for the corpus under `corpus_dir`, tokenised once into `cache_dir`. Pretraining, SFT's replay and PPO-ptx
+    each draw their own windows, in an order of their own (`seed`)."""
+    sources = discover_sources(corpus_dir)
+    if dist.get().is_main:  # one process tokenises; the others read its cache
+        load_streams(sources, tokenizer, cache_dir)
+    dist.barrier()
+    streams = load_streams(sources, tokenizer, cache_dir)
+    normalised = mixture_weights(weights, {n: s["train"].numel() for n, s in streams.items()})
+    sampler = MixtureSampler({n: s["train"] for n, s in streams.items()}, normalised, seq_len, seed)
+    return sampler, {n: s["val"] for n, s in streams.items()}
 
 
 def eval_windows(stream: torch.Tensor, seq_len: int, count: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""What every training stage shares: optimizer, schedule, checkpoints, metrics, progress.
+"""What every training stage shares: optimizer, schedule, checkpoints, metrics, progress, and the frame
+around a stage's loop (`StageRun`: resume, log, checkpoint, finish).
 
-Each stage (pretrain.py, and later sft/reward/ppo) writes its own loop, top to bottom, from
-these pieces, so the loop stays readable and the pieces stay in one place.
+Each stage (pretrain.py, sft.py, reward.py, ppo.py) writes its own loop, top to bottom, from these
+pieces, so the loop stays readable and the pieces stay in one place.
 
 Checkpoints never use pickle: weights and optimizer tensors go to safetensors, everything else
 to JSON. A checkpoint directory is written under a temporary name and renamed when whole; the
@@ -18,25 +19,30 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from chatforge import dist
+from chatforge.config import OptimConfig
 from chatforge.io import atomic_write_json, atomic_write_text
 
 # ----------------------------------------------------------------------------- optimisation
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]):
-    """AdamW; matrices decay, vectors (norm gains, biases) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params, optim: OptimConfig, lr: float | None = None):
+    """AdamW over the trainable parameters of `params` (a model, or a list) at `lr` (default optim.lr); matrices decay,
+    vectors (norm gains, biases) do not."""
+    params = [p for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     fused = all(p.is_cuda for p in params)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=optim.lr if lr is None else lr, betas=(optim.beta1, optim.beta2),
+                             fused=fused or None)
 
 
 def lr_at(step: int, *, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -47,14 +53,20 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int, min_ratio: float) 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float):
+def scheduled_lr(optimizer: torch.optim.Optimizer, optim: OptimConfig, step: int, total: int,
+                 peak: float | None = None) -> float:
+    """Set and return the learning rate of `step` of `total` by `optim`'s schedule (peak: default optim.lr)."""
+    lr = lr_at(step, peak=optim.lr if peak is None else peak, warmup=optim.warmup_steps, total=total,
+               min_ratio=optim.min_lr_ratio)
     for group in optimizer.param_groups:
         group["lr"] = lr
+    return lr
 
 
-def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> float:
-    """Clip the global gradient norm (if max_norm > 0), step, zero the grads; returns the pre-clip norm."""
-    params = [p for p in model.parameters() if p.grad is not None]
+def clip_and_step(params, optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+    """Clip the global gradient norm of `params` (a model's parameters, or a list) if max_norm > 0, step, zero the
+    grads; returns the pre-clip norm."""
+    params = [p for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -114,6 +126,12 @@ def _unflatten(obj, tensors: dict):
     return obj
 
 
+def trained_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint must keep: those being trained (all of them, or only the LoRA adapters; the frozen
+    rest is reloaded from where it came from). A tied weight is kept once, under its first name."""
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
 class Checkpointer:
     """stage_dir/checkpoints/step-000100/{model,optimizer}.safetensors + state.json; LATEST points at one."""
 
@@ -136,7 +154,7 @@ class Checkpointer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-            save_model(model, str(tmp / "model.safetensors"))
+            save_file(trained_weights(model), str(tmp / "model.safetensors"))
             tensors: dict = {"rng.torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -161,8 +179,9 @@ class Checkpointer:
     def load(self, model: torch.nn.Module, optimizers: dict) -> dict:
         path = self.latest()
         assert path is not None, "load() called without a checkpoint"
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-        assert not unexpected and not missing, f"checkpoint does not fit the model: {missing} {unexpected}"
+        saved = load_file(str(path / "model.safetensors"))
+        assert set(saved) == set(trained_weights(model)), f"{path}: the checkpoint does not fit the model"
+        model.load_state_dict(saved, strict=False)
         tensors = load_file(str(path / "optimizer.safetensors"))
         skeleton = json.loads((path / "optimizer.json").read_text())
         for key, opt in optimizers.items():
@@ -204,8 +223,6 @@ class MetricsLog:
 
 
 def progress(total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
-
     tty = sys.stderr.isatty()
     return tqdm(
         total=total, initial=initial, desc=desc, disable=not dist.get().is_main,
@@ -218,3 +235,62 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+# ----------------------------------------------------------------------------- the frame of a training stage
+
+
+class StageRun:
+    """The frame every training stage repeats around its own loop, written once:
+
+        run = StageRun("sft", stage_dir, total=cfg.steps, save_every=cfg.save_every)
+        state = run.start(model, {"adamw": optimizer}, {"step": 0, ...}, config={...})
+        for step in range(state["step"], run.total):
+            ...                                    # the stage's own step
+            state = {...,"step": step + 1}
+            run.end_step(state, record)            # metrics.jsonl, progress bar, checkpoint when due
+        return run.finish(summary, save=...)       # the model, then summary.json: the stage is complete
+
+    `start` resumes from the newest checkpoint (model, optimizers, RNG, state) or, starting fresh, writes
+    stage_config.json. Whether a stage is already complete is the registry's business (`chatforge.stages`).
+    """
+
+    def __init__(self, name: str, stage_dir: Path, total: int, save_every: int, unit: str = "step"):
+        self.name, self.dir, self.total, self.save_every, self.unit = name, Path(stage_dir), total, save_every, unit
+        self.ckpt = Checkpointer(stage_dir)
+
+    def start(self, model: torch.nn.Module, optimizers: dict, state: dict, config: dict) -> dict:
+        """The state to go on from: the newest checkpoint's, else `state` (and the stage's config is written)."""
+        d = dist.get()
+        if self.ckpt.latest():
+            state = self.ckpt.load(model, optimizers)
+            dist.print0(f"{self.name}: resuming from {self.unit} {state['step']} ({self.ckpt.latest()})")
+        elif d.is_main:
+            atomic_write_json(self.dir / "stage_config.json", {"stage": self.name, **config, "world_size": d.world_size})
+        self.model, self.optimizers = model, optimizers
+        self.log = MetricsLog(self.dir / "metrics.jsonl", resume_step=state["step"])
+        self.bar = progress(self.total, state["step"], self.name)
+        return state
+
+    def due(self, step: int, every: int) -> bool:
+        """Whether something done every `every` steps (evaluation, checkpoint) is due after `step` steps."""
+        return step % every == 0 or step == self.total
+
+    def end_step(self, state: dict, record: dict, **postfix):
+        """Log the step's record, move the progress bar, and checkpoint (model, optimizers, RNG, state) when due."""
+        self.log.log(record)
+        self.bar.set_postfix(**postfix, refresh=False)
+        self.bar.update(1)
+        if self.due(state["step"], self.save_every):
+            self.ckpt.save(state["step"], self.model, self.optimizers, state)
+
+    def finish(self, summary: dict, save: Callable[[Path], None], message: str) -> dict:
+        """Rank 0 saves the model into the stage directory, then writes summary.json, the mark of a complete stage."""
+        self.bar.close()
+        if dist.get().is_main:
+            save(self.dir)
+            atomic_write_json(self.dir / "summary.json", {"stage": self.name, **summary})
+            shutil.rmtree(self.ckpt.root, ignore_errors=True)  # the model is saved: resuming is over
+            print(f"{self.name}: done, {self.dir} ({message})", flush=True)
+        dist.barrier()
+        return summary

@@ -28,27 +28,34 @@ first, each a small function with the shapes of its tensors in its docstring.
 
 from __future__ import annotations
 
-import json
+import io
 import time
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from transformers import AutoConfig
 
 from chatforge import dist
-from chatforge.config import Recipe
+from chatforge.config import PPOConfig, Recipe
+from chatforge.data.corpus import corpus_dir, token_cache
+from chatforge.data.mixture import MixtureSampler, load_mixture
+from chatforge.data.prompts import encode_prompts, own_prompts, prompts_file, read_prompts, split_prompts
 from chatforge.errors import DataError, UserError
-from chatforge.train.loop import (
-    Checkpointer, EpochOrder, MetricsLog, autocast, clip_and_step, make_optimizer, progress, read_metrics, set_lr,
+from chatforge.generate import generate
+from chatforge.io import atomic_write_bytes
+from chatforge.model import (
+    CAUSAL_LM, load_causal_lm, load_sequence_classifier, memory_savers, save_pretrained, weights_dtype, with_lora,
 )
-
-STAGE = "ppo"
-
-
-def is_complete(run_dir: Path, out: str = STAGE) -> bool:
-    return (Path(run_dir) / out / "summary.json").exists()
-
+from chatforge.paths import has_world, world_data
+from chatforge.scoring import (
+    TokenValues, answer_ids, answer_logits, answer_values, entropy_of, kl_k1, kl_k3, layout, load_reward_model,
+    next_token_loss, rewards_of_seqs, token_logprobs,
+)
+from chatforge.tokenizer import answer_stop_ids, load_tokenizer
+from chatforge.train.loop import EpochOrder, StageRun, autocast, clip_and_step, make_optimizer, read_metrics, scheduled_lr
+from chatforge.world.judge import Judge
 
 # ----------------------------------------------------------------------------- the pure pieces
 # B: episodes, T: answer tokens (right-padded), V: vocabulary. mask_BT is 1.0 on real answer tokens.
@@ -71,29 +78,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
-
-
-def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.Tensor:
-    """log π(token) [B, T] from the logits that predict each token (logits_BTV[:, t] predicts tokens_BT[:, t])."""
-    return torch.gather(logits_BTV.float().log_softmax(-1), 2, tokens_BT[:, :, None]).squeeze(-1)
-
-
-def entropy_of(logits_BTV: torch.Tensor) -> torch.Tensor:
-    """Entropy [B, T] of each position's next-token distribution, in nats."""
-    logp = logits_BTV.float().log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def kl_k1(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
-    """Per-token KL estimate log π - log π_ref [B, T] (Schulman's k1): unbiased, can be negative per token.
-    Its sum over an answer sampled from π is an unbiased estimate of KL(π || π_ref) for that prompt."""
-    return logp_BT - ref_logp_BT
-
-
-def kl_k3(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
-    """Per-token KL estimate (ρ - 1) - log ρ with ρ = π_ref / π [B, T] (Schulman's k3): unbiased and never negative."""
-    log_ratio = ref_logp_BT - logp_BT
-    return log_ratio.exp() - 1 - log_ratio
 
 
 def token_rewards(score_B: torch.Tensor, kl_BT: torch.Tensor, mask_BT: torch.Tensor, beta: float) -> torch.Tensor:
@@ -163,79 +147,149 @@ def adaptive_kl(beta: float, kl: float, target: float, horizon: int, episodes: i
 # ----------------------------------------------------------------------------- models
 
 
-class TokenValues(torch.nn.Module):
-    """The reward model's transformer and scalar head read at every position: V(x, y_<t) [B, L].
-
-    A module of its own so that the one distributed wrapper (`dist.wrap`) sees its forward."""
-
-    def __init__(self, seq_cls_model):
-        super().__init__()
-        self.backbone = getattr(seq_cls_model, seq_cls_model.base_model_prefix)
-        self.score = seq_cls_model.score
-
-    def forward(self, input_ids, attention_mask, position_ids):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-        return self.score(hidden)[..., 0].float()
-
-
 def _same_tokenizer(a, b) -> bool:
     return a.get_vocab() == b.get_vocab() and (a.chat_template or "") == (b.chat_template or "")
 
 
-def load_models(run_dir: Path, d):
-    """(policy, value, reference, reward model, reward bias, tokenizer); refuses a reward model whose tokenizer
-    is not the policy's (its scores would be of other token ids)."""
-    from transformers import AutoModelForSequenceClassification
+@dataclass
+class Models:
+    policy: torch.nn.Module  # trained; starts as the SFT model
+    value: torch.nn.Module  # trained; V(x, y_<t) [B, L]
+    reference: torch.nn.Module  # the SFT model, frozen
+    reward: torch.nn.Module  # the reward model, frozen
+    bias: float  # added to the reward model's score
+    tokenizer: object
+    trained: torch.nn.ModuleDict  # what a checkpoint holds: each trained weight once
+    policy_params: list  # what each optimizer steps
+    value_params: list
 
-    from chatforge.model import load_causal_lm
-    from chatforge.tokenizer import load_tokenizer
-    from chatforge.train.reward import load_reward_model
 
-    sft_dir, rm_dir = Path(run_dir) / "sft", Path(run_dir) / "reward"
-    if not (sft_dir / "config.json").exists():
-        raise UserError(f"{sft_dir}: no SFT model to start the policy from (run `chatforge sft` first)")
+def load_models(run_dir: Path, recipe: Recipe, d: dist.Dist) -> Models:
+    """The four models of PPO: full copies, or with LoRA the policy and the value as two adapters on one frozen copy
+    of the SFT model (which, with the adapters off, is the reference). Refuses a reward model whose tokenizer is not
+    the policy's (its scores would be of other token ids)."""
+    cfg, sft_dir, rm_dir = recipe.ppo, Path(run_dir) / "sft", Path(run_dir) / "reward"
     if not (rm_dir / "config.json").exists():
         raise UserError(f"{rm_dir}: no reward model (run `chatforge reward` first)")
     tokenizer = load_tokenizer(sft_dir)
-    reward_model, rm_tokenizer, bias = load_reward_model(rm_dir)
+    reward_model, rm_tokenizer, bias = load_reward_model(rm_dir, d.device, weights_dtype(d.device, cfg.dtype))
     if not _same_tokenizer(tokenizer, rm_tokenizer):
         raise UserError(f"{rm_dir}: the reward model's tokenizer differs from the policy's ({sft_dir}); a reward model "
                         f"must be trained from the same SFT model (same vocabulary and chat template)")
-    policy = load_causal_lm(sft_dir).to(d.device)
-    reference = load_causal_lm(sft_dir).to(d.device).eval().requires_grad_(False)
-    value = TokenValues(AutoModelForSequenceClassification.from_pretrained(str(rm_dir), dtype=torch.float32)).to(d.device)
-    reward_model = reward_model.to(d.device).eval().requires_grad_(False)
-    return policy, value, reference, reward_model, bias, tokenizer
+    reward_model = reward_model.eval().requires_grad_(False)
+    if cfg.lora.rank:
+        return _shared_models(sft_dir, recipe, d, reward_model, bias, tokenizer)
+    policy = memory_savers(load_causal_lm(sft_dir, d.device), recipe.compute.grad_checkpointing)
+    reference = load_causal_lm(sft_dir, d.device, weights_dtype(d.device, cfg.dtype)).eval().requires_grad_(False)
+    value = TokenValues(load_sequence_classifier(rm_dir, d.device))
+    return Models(policy, value, reference, reward_model, bias, tokenizer, torch.nn.ModuleDict(
+        {"policy": policy, "value": value}), list(policy.parameters()), list(value.parameters()))
+
+
+def _shared_models(sft_dir: Path, recipe: Recipe, d: dist.Dist, reward_model, bias: float, tokenizer) -> Models:
+    """Policy and value as LoRA adapters ("default" and "value") on one frozen SFT model, the value read by a head
+    of its own (zero at first: no advantage is known before any return is seen). The value adapter does not start
+    from the reward model as the full value model does: its weights are the reward model's only when it was trained
+    on this very base, and a head trained on other hidden states would start it off worse than zero."""
+    if d.world_size > 1:
+        raise UserError("ppo.lora with several processes is not supported: the two adapters share one model, which "
+                        "DDP cannot wrap for each; run PPO with LoRA in one process, or set ppo.lora.rank=0")
+    shared = with_lora(load_causal_lm(sft_dir, d.device, weights_dtype(d.device, recipe.ppo.dtype)), recipe.ppo.lora,
+                       CAUSAL_LM)
+    shared.add_adapter("value", shared.peft_config["default"])
+    shared.set_requires_grad(["default", "value"], True)
+    memory_savers(shared, recipe.compute.grad_checkpointing)
+    head = torch.nn.Linear(shared.config.hidden_size, 1, bias=False, device=d.device)
+    torch.nn.init.zeros_(head.weight)
+    adapter = lambda name: [p for n, p in shared.named_parameters() if p.requires_grad and f".{name}." in n]  # noqa: E731
+    return Models(AdapterView(shared, "default"), ValueView(shared, head), AdapterView(shared, None), reward_model, bias,
+                  tokenizer, torch.nn.ModuleDict({"policy": shared, "value": head}), adapter("default"),
+                  adapter("value") + list(head.parameters()))
+
+
+@contextmanager
+def active(shared, name: str | None):
+    """Run `shared` (a peft model) with adapter `name`, or with every adapter off (None: the frozen base), keeping
+    both adapters trainable: each backward reaches only the adapter its forward used."""
+    if name is None:
+        with shared.disable_adapter():
+            yield
+        return
+    shared.set_adapter(name)
+    shared.set_requires_grad(["default", "value"], True)
+    yield
+
+
+class AdapterView(torch.nn.Module):
+    """One adapter of a shared peft model (None: none, the frozen base) seen as a causal LM of its own. It holds the
+    shared model out of its own parameters, so that optimizers and checkpoints see each weight once."""
+
+    def __init__(self, shared, name: str | None):
+        super().__init__()
+        self._shared = [shared]
+        self.name = name
+
+    @property
+    def config(self):
+        return self._shared[0].config
+
+    @property
+    def generation_config(self):
+        return self._shared[0].get_base_model().generation_config
+
+    def get_base_model(self):
+        return self._shared[0].get_base_model()
+
+    def parameters(self, recurse: bool = True):
+        return self._shared[0].parameters(recurse)
+
+    def forward(self, **kwargs):
+        with active(self._shared[0], self.name):
+            return self._shared[0](**kwargs)
+
+
+class ValueView(torch.nn.Module):
+    """The value model of shared-adapter PPO: the "value" adapter's hidden states, read by a linear head: [B, L]."""
+
+    def __init__(self, shared, head: torch.nn.Linear):
+        super().__init__()
+        self._shared = [shared]
+        self.head = head
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        base = self._shared[0].get_base_model()
+        with active(self._shared[0], "value"):
+            hidden = getattr(base, base.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask,
+                                                         position_ids=position_ids).last_hidden_state
+        return self.head(hidden.to(self.head.weight.dtype))[..., 0].float()
 
 
 # ----------------------------------------------------------------------------- prompts
 
 
-def load_ppo_prompts(run_dir: Path, cfg, tokenizer, max_prompt_tokens: int) -> tuple[list[dict], dict]:
-    """Prompts with their rendered ids ("ids"); (prompts, report). A prompt longer than max_prompt_tokens
-    leaves no room for an answer: an error naming its line, or a counted skip (always for the world's own)."""
-    from chatforge.feedback import read_prompts
-    from chatforge.tokenizer import render_chat
-
-    path = Path(cfg.prompts) if cfg.prompts else Path(run_dir) / "data" / "prompts" / "ppo.jsonl"
-    world = not cfg.prompts
-    prompts, skipped = read_prompts(path, skip_invalid=cfg.skip_invalid)
-    kept, too_long = [], 0
-    for p in prompts:
-        p["ids"] = render_chat(tokenizer, p["messages"], add_generation_prompt=True)[0]
-        if len(p["ids"]) <= max_prompt_tokens:
-            kept.append(p)
-            continue
-        message = (f"{p['where']}: the prompt is {len(p['ids'])} tokens; with answers of up to ppo.max_new_tokens "
-                   f"tokens, at most {max_prompt_tokens} fit in the model's context")
-        if not (cfg.skip_invalid or world):
-            raise DataError(message)
-        too_long += 1
-        skipped.append(message)
+def load_ppo_prompts(run_dir: Path, recipe: Recipe) -> tuple[list[dict], dict]:
+    """Prompts with their rendered ids ("ids"), and a report of what was read and skipped: the world's PPO prompts, or
+    on your own data those of your users not held out for the evaluation. A prompt that leaves no room in the SFT
+    model's context for an answer of ppo.max_new_tokens is an error naming its line, or a counted skip (always for
+    the world's own)."""
+    cfg, sft_dir = recipe.ppo, Path(run_dir) / "sft"
+    if not (sft_dir / "config.json").exists():
+        raise UserError(f"{sft_dir}: no SFT model to start the policy from (run `chatforge sft` first)")
+    context = AutoConfig.from_pretrained(str(sft_dir)).max_position_embeddings
+    if has_world(run_dir) and not cfg.prompts:
+        path = prompts_file(run_dir, "", "ppo")
+        prompts, skipped = read_prompts(path, skip_invalid=cfg.skip_invalid)
+    else:
+        prompts, skipped, path = own_prompts(run_dir, recipe, cfg.skip_invalid)
+        if not has_world(run_dir):  # your own users: those held out are the evaluation's
+            prompts = split_prompts(prompts, recipe.reward.heldout_users, recipe.reward.seed)[0]
+    kept, too_long = encode_prompts(prompts, load_tokenizer(sft_dir), context - cfg.max_new_tokens,
+                                    skip=cfg.skip_invalid or not cfg.prompts)
+    skipped += too_long
     if not kept:
         raise DataError(f"{path}: no usable prompts ({len(skipped)} skipped; first: {skipped[:1]})")
-    return kept, {"path": str(path), "prompts": len(kept), "skipped": len(skipped), "too_long": too_long,
-                  "first_skipped": skipped[:3]}
+    return kept, {"path": str(path), "prompts": len(kept), "skipped": len(skipped), "too_long": len(too_long),
+                  "first_skipped": skipped[:3], "context": context}
 
 
 # ----------------------------------------------------------------------------- rollout
@@ -261,36 +315,6 @@ class Rollout:
         return self.ids.shape[1] - self.answer_mask.shape[1]
 
 
-def layout(prompts: list[list[int]], answers: list[list[int]], pad_id: int):
-    """(ids [B, P+T], attention [B, P+T], positions [B, P+T], answer mask [B, T]): prompts right-aligned at
-    column P, answers left-aligned after them, so every answer token t sits in column P + t."""
-    from chatforge.generate import left_pad
-
-    ids_p, mask_p = left_pad(prompts, pad_id, "cpu")
-    width = max(1, max(len(a) for a in answers))
-    ids_a = torch.full((len(answers), width), pad_id, dtype=torch.long)
-    mask_a = torch.zeros((len(answers), width), dtype=torch.long)
-    for i, a in enumerate(answers):
-        ids_a[i, : len(a)] = torch.tensor(a, dtype=torch.long)
-        mask_a[i, : len(a)] = 1
-    ids, attention = torch.cat([ids_p, ids_a], 1), torch.cat([mask_p, mask_a], 1)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return ids, attention, positions, mask_a.float()
-
-
-def answer_logits(model, ids, attention, positions, prompt_width: int, temperature: float = 1.0):
-    """Logits [B, T, V] that predict the answer tokens: columns P-1 .. P+T-2 (the unembedding skips the prompt),
-    divided by the sampling temperature: PPO trains the distribution its answers were sampled from."""
-    answer_len = ids.shape[1] - prompt_width
-    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=answer_len + 1).logits
-    return logits[:, :-1] if temperature == 1.0 else logits[:, :-1] / temperature
-
-
-def answer_values(value_model, ids, attention, positions, prompt_width: int):
-    """Values [B, T] of the states before each answer token (the same columns as answer_logits)."""
-    return value_model(ids, attention, positions)[:, prompt_width - 1 : -1]
-
-
 class Scorer:
     """The frozen reward model's score of decoded answers (re-encoded exactly as it was trained: conversation,
     answer, <|im_end|>), plus bias; an answer that never ended is scored as cut there, less the penalty."""
@@ -302,10 +326,8 @@ class Scorer:
     @torch.no_grad()
     def __call__(self, prompts: list[dict], texts: list[str], finished: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """(score with penalty [B], the reward model's own score [B])."""
-        from chatforge.train.reward import answer_ids, rewards_of_seqs
-
         seqs = [answer_ids(self.tokenizer, p["messages"], t, self.max_len) for p, t in zip(prompts, texts)]
-        raw = torch.tensor(rewards_of_seqs(self.model, seqs, self.tokenizer.pad_token_id)) + self.bias
+        raw = torch.tensor(rewards_of_seqs(self.model, seqs, self.model.config.pad_token_id)) + self.bias
         return raw - _unfinished(finished, self.penalty), raw
 
 
@@ -328,19 +350,15 @@ def _unfinished(finished: list[bool], penalty: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokenizer, cfg, beta: float, judge, device,
-            stop_ids: list[int] | None = None) -> Rollout:
+def rollout(models: Models, scorer, prompts: list[dict], cfg: PPOConfig, beta: float, judge: Judge | None,
+            device, stop_ids: list[int] | None = None) -> Rollout:
     """Sample one answer per prompt, score it, and compute per-token rewards, advantages and returns.
-    stop_ids: the tokens that end an answer (default: <|im_end|> and the tokenizer's eos)."""
-    from chatforge.generate import generate
-    from chatforge.tokenizer import answer_stop_ids
-
+    stop_ids: the tokens that end an answer (default: the tokenizer's end of turn and end of sequence)."""
     t0 = time.perf_counter()
-    if stop_ids is None:
-        stop_ids = answer_stop_ids(tokenizer)
-    policy.eval()
-    gens = generate(policy, [p["ids"] for p in prompts], cfg.max_new_tokens, pad_id=tokenizer.pad_token_id,
-                    stop_ids=stop_ids, temperature=cfg.temperature)
+    tokenizer = models.tokenizer
+    models.policy.eval()
+    gens = generate(models.policy, [p["ids"] for p in prompts], cfg.max_new_tokens, pad_id=tokenizer.pad_token_id,
+                    stop_ids=stop_ids or answer_stop_ids(tokenizer), temperature=cfg.temperature)
     gen_seconds = time.perf_counter() - t0
     answers = [g.tokens + ([g.stop] if g.finished else []) for g in gens]  # the policy is trained to stop, too
     texts = [tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
@@ -350,17 +368,16 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
     tokens = ids[:, width:]
     with autocast(device, cfg.dtype):
         # both models at the rollout temperature: the policy's is what sampled the answers, and the KL is between the two
-        old_logits = answer_logits(policy, ids, attention, positions, width, cfg.temperature)
+        old_logits = answer_logits(models.policy, ids, attention, positions, width, cfg.temperature)
         old_logp = token_logprobs(old_logits, tokens)
-        ref_logp = token_logprobs(answer_logits(reference, ids, attention, positions, width, cfg.temperature), tokens)
-        values = answer_values(value_model, ids, attention, positions, width) * mask
+        ref_logp = token_logprobs(answer_logits(models.reference, ids, attention, positions, width, cfg.temperature), tokens)
+        values = answer_values(models.value, ids, attention, positions, width) * mask
     score, rm_score = scorer(prompts, texts, finished)
     score, rm_score = score.to(device), rm_score.to(device)
     kl = kl_k1(old_logp, ref_logp) * mask
     rewards = token_rewards(score, kl, mask, beta)
     advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     advantages = masked_whiten(advantages, mask)
-    lengths = mask.sum(1)
     stats = {
         "reward/rm": float(rm_score.mean()),  # the scorer's own score: the proxy (the judge's with ppo.reward=judge)
         "reward/score": float(score.mean()),  # with the unfinished penalty: what PPO maximises, less the KL term
@@ -368,187 +385,165 @@ def rollout(policy, value_model, reference, scorer, prompts: list[dict], tokeniz
         "kl": float(kl.sum(1).mean()),  # nats per answer, k1 summed over its tokens
         "kl_k3": float((kl_k3(old_logp, ref_logp) * mask).sum(1).mean()),
         "entropy": float(masked_mean(entropy_of(old_logits), mask)),
-        "length": float(lengths.mean()),
+        "length": float(mask.sum(1).mean()),
         "unfinished": 1 - sum(finished) / len(finished),
-        "gen_tokens": int(lengths.sum()),
+        "gen_tokens": int(mask.sum()),
         "gen_seconds": gen_seconds,
         "explained_variance": explained_variance(values, returns, mask),
+        **_gold(scorer, judge, prompts, texts, finished, stats_rm=float(rm_score.mean())),
     }
-    if isinstance(scorer, JudgeScorer):  # the scorer's own score is the gold reward: no need to judge twice
-        stats["reward/gold"] = stats["reward/rm"]
-    elif judge is not None:
-        gold = [judge.score(p, t, f).total for p, t, f in zip(prompts, texts, finished) if "gold" in p]
-        if gold:
-            stats["reward/gold"] = sum(gold) / len(gold)
     return Rollout(ids, attention, positions, mask, old_logp, ref_logp, values, advantages, returns, stats)
+
+
+def _gold(scorer, judge: Judge | None, prompts: list[dict], texts: list[str], finished: list[bool], stats_rm: float) -> dict:
+    """The gold judge's mean reward of the rollout's answers, on the world's prompts: the over-optimisation curve."""
+    if isinstance(scorer, JudgeScorer):  # the scorer's own score is the gold reward: no need to judge twice
+        return {"reward/gold": stats_rm}
+    gold = [judge.score(p, t, f).total for p, t, f in zip(prompts, texts, finished) if "gold" in p] if judge else []
+    return {"reward/gold": sum(gold) / len(gold)} if gold else {}
 
 
 # ----------------------------------------------------------------------------- optimisation
 
 
-def optimise(policy, value_model, opt_policy, opt_value, batch: Rollout, cfg, ptx, iteration: int, d) -> dict:
-    """ppo_epochs passes over the episodes in minibatches: clipped policy loss (+ γ·ptx), clipped value loss."""
+def optimise(policy, value_model, models: Models, optimizers: dict, batch: Rollout, cfg: PPOConfig,
+             ptx: MixtureSampler | None, iteration: int, d: dist.Dist) -> dict:
+    """ppo_epochs passes over the episodes in minibatches: clipped policy loss (+ γ·ptx), clipped value loss.
+    Returns the mean over minibatches of each statistic."""
     policy.train()
     value_model.train()
-    n = batch.ids.shape[0]
-    size = n // cfg.minibatches if n >= cfg.minibatches else n
+    groups = _length_groups(batch, cfg.minibatches)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
-    # Minibatches of episodes with similar prompt lengths: prompts run from a few tokens to most of the context, and
-    # a random minibatch would pad every row to its longest (half the compute was padding). Each epoch visits the
-    # same minibatches in a fresh order; every episode is still used once per epoch.
-    by_length = batch.attention[:, : batch.prompt_width].sum(1).argsort(stable=True).cpu()
-    groups = [by_length[start : start + size] for start in range(0, n - size + 1, size)]
     sums: dict[str, float] = {}
     count = 0
     for epoch in range(cfg.ppo_epochs):
         for k, group in enumerate(torch.randperm(len(groups), generator=g).tolist()):
-            idx = groups[group].to(batch.ids.device)
-            ids, attention, positions, width, keep = _trim(batch, idx)
-            mask = batch.answer_mask[idx][:, :keep]
-            old_logp, advantages = batch.old_logp[idx][:, :keep], batch.advantages[idx][:, :keep]
-            old_values, returns = batch.old_values[idx][:, :keep], batch.returns[idx][:, :keep]
-            with autocast(d.device, cfg.dtype):
-                logits = answer_logits(policy, ids, attention, positions, width, cfg.temperature)
-                logp = token_logprobs(logits, ids[:, width:])
-                pg, pg_stats = policy_loss(logp, old_logp, advantages, mask, cfg.clip_range)
-                loss = pg
-                ptx_loss = torch.zeros(())
-                if ptx is not None:
-                    step = (iteration * cfg.ppo_epochs + epoch) * cfg.minibatches + k
-                    windows = ptx.rank_rows(step, cfg.ptx_batch_size).to(d.device)
-                    ptx_loss = F.cross_entropy(policy(input_ids=windows[:, :-1]).logits.flatten(0, 1).float(),
-                                               windows[:, 1:].flatten())
-                    loss = loss + cfg.ptx_coef * ptx_loss
-            loss.backward()
-            policy_norm = clip_and_step(policy, opt_policy, cfg.grad_clip)
-            with autocast(d.device, cfg.dtype):
-                values = answer_values(value_model, ids, attention, positions, width)
-                vf, vf_stats = value_loss(values, old_values, returns, mask, cfg.value_clip_range)
-            vf.backward()
-            clip_and_step(value_model, opt_value, cfg.grad_clip)
-            with torch.no_grad():
-                entropy = float(masked_mean(entropy_of(logits.detach()), mask))
-            for key, v in {"policy_loss": pg.item(), "value_loss": vf.item(), "ptx_loss": ptx_loss.item(),
-                           "entropy_now": entropy, "grad_norm": policy_norm, **pg_stats, **vf_stats}.items():
+            step = (iteration * cfg.ppo_epochs + epoch) * cfg.minibatches + k
+            windows = ptx.rank_rows(step, cfg.ptx_batch_size).to(d.device) if ptx is not None else None
+            stats = _minibatch_step(policy, value_model, models, optimizers, _slice(batch, groups[group]), windows, cfg, d)
+            for key, v in stats.items():
                 sums[key] = sums.get(key, 0.0) + v
             count += 1
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
-def _trim(batch: Rollout, idx: torch.Tensor):
-    """A minibatch's (ids, attention, positions, prompt width, answer width) without the columns that are padding
-    in every one of its rows: the batch is padded for its longest prompt and answer, a minibatch rarely is."""
+def _length_groups(batch: Rollout, minibatches: int) -> list[torch.Tensor]:
+    """The episodes' indices cut into minibatches of similar prompt lengths. Prompts run from a few tokens to most
+    of the context, and a random minibatch would pad every row to its longest (half the compute was padding).
+    Each epoch visits the same minibatches in a fresh order; every episode is still used once per epoch."""
+    n = batch.ids.shape[0]
+    size = n // minibatches if n >= minibatches else n
+    by_length = batch.attention[:, : batch.prompt_width].sum(1).argsort(stable=True).cpu()
+    return [by_length[start : start + size] for start in range(0, n - size + 1, size)]
+
+
+def _minibatch_step(policy, value_model, models: Models, optimizers: dict, mb: dict, ptx_windows, cfg: PPOConfig,
+                    d: dist.Dist) -> dict:
+    """One clipped policy step (+ γ·the next-token loss on ptx_windows) and one clipped value step on minibatch `mb`."""
+    ids, attention, positions, width, mask = mb["ids"], mb["attention"], mb["positions"], mb["width"], mb["mask"]
+    with autocast(d.device, cfg.dtype):
+        logits = answer_logits(policy, ids, attention, positions, width, cfg.temperature)
+        logp = token_logprobs(logits, ids[:, width:])
+        pg, pg_stats = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_range)
+        ptx_loss = next_token_loss(policy, ptx_windows) if ptx_windows is not None else torch.zeros(())
+        loss = pg + cfg.ptx_coef * ptx_loss if ptx_windows is not None else pg
+    loss.backward()
+    policy_norm = clip_and_step(models.policy_params, optimizers["policy"], cfg.optim.grad_clip)
+    with autocast(d.device, cfg.dtype):
+        values = answer_values(value_model, ids, attention, positions, width)
+        vf, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mask, cfg.value_clip_range)
+    vf.backward()
+    clip_and_step(models.value_params, optimizers["value"], cfg.optim.grad_clip)
+    with torch.no_grad():
+        entropy = float(masked_mean(entropy_of(logits.detach()), mask))
+    return {"policy_loss": pg.item(), "value_loss": vf.item(), "ptx_loss": ptx_loss.item(), "entropy_now": entropy,
+            "grad_norm": policy_norm, **pg_stats, **vf_stats}
+
+
+def _slice(batch: Rollout, idx: torch.Tensor) -> dict:
+    """The episodes `idx` of the rollout without the columns that are padding in every one of them: the batch is
+    padded for its longest prompt and answer, a minibatch rarely is."""
+    idx = idx.to(batch.ids.device)
     attention = batch.attention[idx]
     width = batch.prompt_width
     first = int(attention[:, :width].any(0).float().argmax())  # the first prompt column some row uses
     keep = max(1, int(batch.answer_mask[idx].sum(1).max()))  # answer columns some row uses
     cols = slice(first, width + keep)
-    return batch.ids[idx][:, cols], attention[:, cols], batch.positions[idx][:, cols], width - first, keep
+    out = {"ids": batch.ids[idx][:, cols], "attention": attention[:, cols], "positions": batch.positions[idx][:, cols],
+           "width": width - first}
+    for name in ("answer_mask", "old_logp", "advantages", "old_values", "returns"):
+        out["mask" if name == "answer_mask" else name] = getattr(batch, name)[idx][:, :keep]
+    return out
 
 
 # ----------------------------------------------------------------------------- the stage
 
 
-def run(run_dir: Path, recipe: Recipe, out: str = STAGE) -> dict:
-    from chatforge.io import atomic_write_json
-
-    run_dir, cfg = Path(run_dir), recipe.ppo
-    stage_dir = run_dir / out
-    if is_complete(run_dir, out):
-        dist.print0(f"ppo: {stage_dir} is complete, skipping")
-        return json.loads((stage_dir / "summary.json").read_text())
-    d = dist.init()
+def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
+    run_dir, cfg, d = Path(run_dir), recipe.ppo, dist.get()
     torch.manual_seed(cfg.seed)
-    # the user's prompts first: their errors come before any model is loaded
-    sft_dir = run_dir / "sft"
-    if not (sft_dir / "config.json").exists():
-        raise UserError(f"{sft_dir}: no SFT model to start the policy from (run `chatforge sft` first)")
-    from transformers import AutoConfig
-
-    from chatforge.tokenizer import load_tokenizer
-
-    context = AutoConfig.from_pretrained(str(sft_dir)).max_position_embeddings
-    prompts, report = load_ppo_prompts(run_dir, cfg, load_tokenizer(sft_dir), context - cfg.max_new_tokens)
-    policy, value_model, reference, reward_model, bias, tokenizer = load_models(run_dir, d)
+    prompts, report = load_ppo_prompts(run_dir, recipe)  # the user's prompts first: their errors come before any model
+    models = load_models(run_dir, recipe, d)
     if report["skipped"]:
         dist.print0(f"ppo: {report['skipped']} prompts skipped ({report['too_long']} too long for the context); "
                     f"first: {report['first_skipped'][0]}")
     if cfg.batch_size % d.world_size or (cfg.batch_size // d.world_size) % cfg.minibatches:
         raise UserError(f"ppo.batch_size ({cfg.batch_size}) must divide over {d.world_size} process(es) "
                         f"into a multiple of ppo.minibatches ({cfg.minibatches})")
-    judge = _judge(run_dir) if any("gold" in p for p in prompts) else None
-    if cfg.reward == "judge":
-        if judge is None or not all("gold" in p for p in prompts):
-            raise UserError("ppo.reward=judge scores answers with the world's gold judge, so it needs the world's own "
-                            "prompts (with their gold); use ppo.reward=model with your own prompts")
-        scorer = JudgeScorer(judge, cfg.unfinished_penalty)
-    else:
-        scorer = Scorer(reward_model, bias, tokenizer, context, cfg.unfinished_penalty)
-    ptx = _ptx_sampler(run_dir, recipe, tokenizer) if cfg.ptx_coef > 0 else None
-    opt_policy = make_optimizer(policy, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    opt_value = make_optimizer(value_model, cfg.value_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    both = torch.nn.ModuleDict({"policy": policy, "value": value_model})  # one checkpoint holds both
-    ckpt = Checkpointer(stage_dir)
-    state = {"step": 0, "seconds": 0.0, "beta": cfg.kl_coef}
-    if ckpt.latest():
-        state = ckpt.load(both, {"policy": opt_policy, "value": opt_value})
-        dist.print0(f"ppo: resuming from iteration {state['step']} ({ckpt.latest()}), β = {state['beta']:.4f}")
-    elif d.is_main:
-        atomic_write_json(stage_dir / "stage_config.json", {"stage": STAGE, "ppo": asdict(cfg), "prompts": report,
-                                                            "world_size": d.world_size})
-    train_policy, train_value = dist.wrap(policy), dist.wrap(value_model)
+    judge = Judge.from_world(world_data(run_dir)) if has_world(run_dir) and any("gold" in p for p in prompts) else None
+    scorer = _scorer(cfg, models, judge, prompts, report["context"])
+    ptx = _ptx_sampler(run_dir, recipe, models.tokenizer) if cfg.ptx_coef > 0 else None
+    optimizers = {"policy": make_optimizer(models.policy_params, cfg.optim),
+                  "value": make_optimizer(models.value_params, cfg.optim, lr=cfg.value_lr)}
+    frame = StageRun("ppo", out, total=cfg.iterations, save_every=cfg.save_every, unit="iteration")
+    state = frame.start(models.trained, optimizers, {"step": 0, "seconds": 0.0, "beta": cfg.kl_coef},
+                        {"ppo": asdict(cfg), "prompts": report})
+    train = (dist.wrap(models.policy), dist.wrap(models.value))
     order = EpochOrder(len(prompts), cfg.seed)
-    log = MetricsLog(stage_dir / "metrics.jsonl", resume_step=state["step"])
     dist.print0(f"ppo: {len(prompts)} prompts ({report['path']}), {cfg.iterations} iterations of {cfg.batch_size} "
                 f"episodes, {cfg.ppo_epochs} epochs x {cfg.minibatches} minibatches, β {state['beta']:.3f}"
                 f"{' (adaptive, target KL ' + str(cfg.target_kl) + ')' if cfg.adaptive_kl else ''}, "
                 f"ptx γ {cfg.ptx_coef}, {d.world_size} process(es)"
                 f"{'; reward: the gold judge (a perfect reward model)' if cfg.reward == 'judge' else ''}")
-    bar = progress(cfg.iterations, state["step"], "ppo")
     for it in range(state["step"], cfg.iterations):
         t0 = time.perf_counter()
-        scale = min(1.0, (it + 1) / cfg.warmup_iterations) if cfg.warmup_iterations else 1.0
-        set_lr(opt_policy, cfg.lr * scale)
-        set_lr(opt_value, cfg.value_lr * scale)
+        lr = scheduled_lr(optimizers["policy"], cfg.optim, it, cfg.iterations)
+        scheduled_lr(optimizers["value"], cfg.optim, it, cfg.iterations, peak=cfg.value_lr)
         mine = [prompts[i] for i in dist.my_share(order.indices(it, cfg.batch_size))]
-        batch = rollout(policy, value_model, reference, scorer, mine, tokenizer, cfg, state["beta"], judge, d.device)
-        opt_stats = optimise(train_policy, train_value, opt_policy, opt_value, batch, cfg, ptx, it, d)
-        stats = _mean_over_processes({**batch.stats, **opt_stats}, d)
+        batch = rollout(models, scorer, mine, cfg, state["beta"], judge, d.device)
+        stats = _mean_over_processes({**batch.stats, **optimise(*train, models, optimizers, batch, cfg, ptx, it, d)}, d)
         beta = state["beta"]
         if cfg.adaptive_kl:
             state["beta"] = adaptive_kl(beta, stats["kl"], cfg.target_kl, cfg.kl_horizon, cfg.batch_size)
         seconds = time.perf_counter() - t0
         state = {**state, "step": it + 1, "seconds": state["seconds"] + seconds}
-        record = {"step": it + 1, **{k: round(v, 5) for k, v in stats.items()}, "beta": round(beta, 6),
-                  "lr": cfg.lr * scale, "seconds": round(seconds, 3),
+        record = {"step": it + 1, **{k: round(v, 5) for k, v in stats.items()}, "beta": round(beta, 6), "lr": lr,
+                  "seconds": round(seconds, 3),
                   "tokens_per_s": round(stats["gen_tokens"] * d.world_size / max(stats["gen_seconds"], 1e-9), 1)}
-        log.log(record)
-        bar.set_postfix(rm=f"{stats['reward/rm']:+.2f}", gold=f"{stats.get('reward/gold', float('nan')):+.2f}",
-                        kl=f"{stats['kl']:.2f}", refresh=False)
-        bar.update(1)
-        if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
-            ckpt.save(it + 1, both, {"policy": opt_policy, "value": opt_value}, state)
-    bar.close()
-    return _finish(stage_dir, policy, tokenizer, state, report, d)
+        frame.end_step(state, record, rm=f"{stats['reward/rm']:+.2f}", kl=f"{stats['kl']:.2f}",
+                       gold=f"{stats.get('reward/gold', float('nan')):+.2f}")
+    return _finish(frame, models, state, report, cfg, d)
 
 
-def _judge(run_dir: Path):
-    from chatforge.world.judge import Judge
+def _scorer(cfg: PPOConfig, models: Models, judge: Judge | None, prompts: list[dict], context: int):
+    """What scores the answers: the reward model, or with ppo.reward=judge the gold judge (the world's prompts only)."""
+    if cfg.reward == "model":
+        return Scorer(models.reward, models.bias, models.tokenizer, context, cfg.unfinished_penalty)
+    if judge is None or not all("gold" in p for p in prompts):
+        raise UserError("ppo.reward=judge scores answers with the world's gold judge, so it needs the world's own "
+                        "prompts (with their gold); use ppo.reward=model with your own prompts")
+    return JudgeScorer(judge, cfg.unfinished_penalty)
 
-    data = Path(run_dir) / "data"
-    return Judge.from_world(data) if (data / "world.json").exists() else None
 
-
-def _ptx_sampler(run_dir: Path, recipe: Recipe, tokenizer):
-    from chatforge.train.pretrain import load_mixture
-
+def _ptx_sampler(run_dir: Path, recipe: Recipe, tokenizer) -> MixtureSampler:
     # Windows of the pretraining mixture in an order of their own (not pretraining's, not SFT replay's).
-    cfg = replace(recipe.pretrain, seq_len=recipe.ppo.ptx_len, seed=recipe.ppo.seed + 2)
-    sampler, _ = load_mixture(run_dir, cfg, tokenizer)
+    sampler, _ = load_mixture(corpus_dir(run_dir, recipe.pretrain.corpus), token_cache(run_dir), tokenizer,
+                              recipe.pretrain.mixture, recipe.ppo.ptx_len, recipe.ppo.seed + 2)
+    dist.print0(f"ppo: ptx mixture {sampler.describe()}")
     return sampler
 
 
-def _mean_over_processes(stats: dict, d) -> dict:
+def _mean_over_processes(stats: dict, d: dist.Dist) -> dict:
     if d.world_size == 1:
         return stats
     keys = sorted(stats)
@@ -556,26 +551,27 @@ def _mean_over_processes(stats: dict, d) -> dict:
     return dict(zip(keys, values.tolist()))
 
 
-def _finish(stage_dir: Path, policy, tokenizer, state: dict, report: dict, d) -> dict:
-    from chatforge.io import atomic_write_json
-    from chatforge.model import save_pretrained
-
-    summary = {"stage": STAGE, "iterations": state["step"], "train_seconds": round(state["seconds"], 1),
+def _finish(frame: StageRun, models: Models, state: dict, report: dict, cfg: PPOConfig, d: dist.Dist) -> dict:
+    summary = {"iterations": state["step"], "train_seconds": round(state["seconds"], 1),
                "final_beta": round(state["beta"], 6), "prompts": report["prompts"], "world_size": d.world_size}
-    if d.is_main:
-        records = read_metrics(stage_dir / "metrics.jsonl")
-        summary.update(overoptimisation(records))
-        save_pretrained(policy, tokenizer, stage_dir)
-        plot_overoptimisation(records, stage_dir / "overoptimisation.png")
-        atomic_write_json(stage_dir / "summary.json", summary)
-        last = records[-1] if records else {}
-        print(f"ppo: done, {stage_dir} in {summary['train_seconds']:.0f}s (last iteration: RM reward "
-              f"{last.get('reward/rm', float('nan')):+.3f}, gold {last.get('reward/gold', float('nan')):+.3f}, "
-              f"KL {last.get('kl', float('nan')):.2f} nats)", flush=True)
-        if summary.get("overoptimised"):
-            print(f"ppo: over-optimisation: {summary['overoptimised']}", flush=True)
-    dist.barrier()
-    return summary
+    records = read_metrics(frame.dir / "metrics.jsonl") if d.is_main else []
+    summary.update(overoptimisation(records))
+
+    def save(out: Path):
+        policy = models.policy
+        if isinstance(policy, AdapterView):  # the policy's adapter alone: merged into the base, or kept
+            policy = models.trained["policy"]
+            policy.delete_adapter("value")
+        save_pretrained(policy, models.tokenizer, out, cfg.lora)
+        plot_overoptimisation(records, out / "overoptimisation.png")
+
+    last = records[-1] if records else {}
+    result = frame.finish(summary, save, f"in {summary['train_seconds']:.0f}s; last iteration: RM reward "
+                          f"{last.get('reward/rm', float('nan')):+.3f}, gold {last.get('reward/gold', float('nan')):+.3f}, "
+                          f"KL {last.get('kl', float('nan')):.2f} nats")
+    if summary.get("overoptimised"):
+        dist.print0(f"ppo: over-optimisation: {summary['overoptimised']}")
+    return result
 
 
 # ----------------------------------------------------------------------------- over-optimisation
@@ -608,14 +604,10 @@ def overoptimisation(records: list[dict], window: int = 5, margin: float = 0.05)
 def plot_overoptimisation(records: list[dict], path: Path, window: int = 5):
     """PNG: the RM (proxy) and gold rewards against KL to the SFT model (one point per iteration, and their running
     means over `window` iterations as lines), and the same against the iteration; the data is in metrics.jsonl."""
-    import io
-
-    import matplotlib
+    import matplotlib  # deferred: plotting is heavy, and only the end of the stage needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from chatforge.io import atomic_write_bytes
 
     series = [("reward/rm", "reward model (proxy)", "tab:blue")]
     if records and all("reward/gold" in r for r in records):

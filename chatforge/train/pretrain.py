@@ -11,117 +11,88 @@ The result is a plain Hugging Face directory: a base model that continues text, 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from chatforge import dist
-from chatforge.config import Recipe
-from chatforge.data.corpus import discover_sources
-from chatforge.data.mixture import MixtureSampler, eval_windows, mixture_weights
-from chatforge.data.tokens import load_streams
+from chatforge.config import PretrainConfig, Recipe
+from chatforge.data.corpus import corpus_dir, token_cache
+from chatforge.data.mixture import eval_windows, load_mixture
 from chatforge.errors import ConfigError, UserError
 from chatforge.generate import complete
-from chatforge.io import atomic_write_json
 from chatforge.model import build_model, load_causal_lm, num_params, save_pretrained, train_flops_per_token
-from chatforge.perf import Throughput, matmul_ceiling
+from chatforge.perf import Throughput, machine_ceiling
+from chatforge.scoring import next_token_loss
 from chatforge.tokenizer import load_tokenizer
-from chatforge.train.loop import (
-    Checkpointer, MetricsLog, autocast, clip_and_step, lr_at, make_optimizer, progress, read_metrics, set_lr,
-)
-
-STAGE = "base"
+from chatforge.train.loop import MetricsLog, StageRun, autocast, clip_and_step, make_optimizer, read_metrics, scheduled_lr
 
 
-def is_complete(run_dir: Path) -> bool:
-    return (Path(run_dir) / STAGE / "summary.json").exists()
-
-
-def run(run_dir: Path, recipe: Recipe) -> dict:
+def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     run_dir, cfg = Path(run_dir), recipe.pretrain
-    stage_dir = run_dir / STAGE
-    if is_complete(run_dir):
-        dist.print0(f"pretrain: {stage_dir} is complete, skipping")
-        return json.loads((stage_dir / "summary.json").read_text())
-    d = dist.init()
+    d = dist.get()
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(_tokenizer_dir(run_dir, cfg.init))
-    sampler, val_streams = load_mixture(run_dir, cfg, tokenizer)
+    sampler, val_streams = load_mixture(corpus_dir(run_dir, cfg.corpus), token_cache(run_dir), tokenizer, cfg.mixture,
+                                        cfg.seq_len, cfg.seed)
+    dist.print0(f"pretrain: mixture {sampler.describe()}")
     model = _init_model(recipe, tokenizer).to(d.device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    ckpt = Checkpointer(stage_dir)
-    state = {"step": 0, "tokens": 0, "seconds": 0.0}
-    if ckpt.latest():
-        state = ckpt.load(model, {"adamw": optimizer})
-        dist.print0(f"pretrain: resuming from step {state['step']} ({ckpt.latest()})")
-    elif d.is_main:
-        atomic_write_json(stage_dir / "stage_config.json", {"stage": STAGE, "pretrain": asdict(cfg), "model": model.config.to_dict(), "world_size": d.world_size})
+    optimizer = make_optimizer(model, cfg.optim)
+    frame = StageRun("pretrain", out, total=cfg.steps, save_every=cfg.save_every)
+    state = frame.start(model, {"adamw": optimizer}, {"step": 0, "tokens": 0, "seconds": 0.0},
+                        {"pretrain": asdict(cfg), "model": model.config.to_dict()})
+    samples = MetricsLog(out / "samples.jsonl", resume_step=state["step"])  # a resumed run samples those steps again
     micro, accum = _micro_batching(cfg, d.world_size)
-    if cfg.compile:
-        model_to_train = maybe_compile(model, sampler.rank_rows(state["step"], cfg.batch_size)[:micro].to(d.device))
-    else:
-        model_to_train = model
-    train_model = dist.wrap(model_to_train)
+    example = sampler.rank_rows(state["step"], cfg.batch_size)[:micro].to(d.device)
+    train_model = dist.wrap(maybe_compile(model, example) if cfg.compile else model)
     flops_per_token = train_flops_per_token(model, cfg.seq_len)
     ceiling = machine_ceiling(d)
     meter = Throughput(flops_per_token)
-    log = MetricsLog(stage_dir / "metrics.jsonl", resume_step=state["step"])
     dist.print0(f"pretrain: {num_params(model) / 1e6:.2f}M parameters, {d.world_size} process(es), "
                 f"batch {cfg.batch_size}x{cfg.seq_len} tokens = {d.world_size}x{accum}x{micro} sequences, "
                 f"fp32 matmul ceiling {ceiling / 1e9:.0f} GFLOP/s")
-    bar = progress(cfg.steps, state["step"], "pretrain")
 
     for step in range(state["step"], cfg.steps):
         t0 = time.perf_counter()
-        lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
-        set_lr(optimizer, lr)
-        rows = sampler.rank_rows(step, cfg.batch_size)
-        loss_sum = torch.zeros((), device=d.device)
-        for i in range(accum):
-            chunk = rows[i * micro : (i + 1) * micro].to(d.device)
-            with dist.no_sync(train_model, sync=i == accum - 1), autocast(d.device, cfg.dtype):
-                loss = next_token_loss(train_model, chunk)
-                (loss / accum).backward()
-            loss_sum += loss.detach()
-        grad_norm = clip_and_step(train_model, optimizer, cfg.grad_clip)
-        loss = float(dist.all_reduce_mean(loss_sum / accum))
+        lr = scheduled_lr(optimizer, cfg.optim, step, cfg.steps)
+        loss = _train_step(train_model, optimizer, sampler.rank_rows(step, cfg.batch_size), micro, accum, cfg, d)
         seconds = time.perf_counter() - t0
         meter.add(seconds, cfg.batch_size * cfg.seq_len)
         state = {"step": step + 1, "tokens": state["tokens"] + cfg.batch_size * cfg.seq_len, "seconds": state["seconds"] + seconds}
-        record = {"step": step + 1, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 4),
+        record = {"step": step + 1, "loss": round(loss["loss"], 6), "lr": lr, "grad_norm": round(loss["grad_norm"], 4),
                   "tokens": state["tokens"], "tokens_per_s": round(meter.tokens_per_s),
                   "flops_per_s": round(meter.flops_per_s), "utilisation": round(meter.flops_per_s / ceiling, 4)}
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.eval_every == 0 or last:
+        if frame.due(step + 1, cfg.eval_every):
             record.update(evaluate(model, val_streams, cfg, d))
             # A ceiling sampled while something else loaded the machine would flatter us: keep the best.
             ceiling = max(ceiling, machine_ceiling(d))
             record["matmul_ceiling"] = round(ceiling)
-            bar.write(f"step {step + 1}: held-out loss " + ", ".join(f"{k[4:]} {v:.3f}" for k, v in record.items() if k.startswith("val/")))
-        log.log(record)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", util=f"{meter.flops_per_s / ceiling:.0%}", refresh=False)
-        bar.update(1)
-        if cfg.sample_every and ((step + 1) % cfg.sample_every == 0 or last) and d.is_main:
-            _print_samples(model, tokenizer, cfg, step + 1, stage_dir, bar)
-        if (step + 1) % cfg.save_every == 0 or last:
-            ckpt.save(step + 1, model, {"adamw": optimizer}, state)
-    bar.close()
-    return _finish(stage_dir, model, tokenizer, state, flops_per_token, ceiling, d)
+            frame.bar.write(f"step {step + 1}: held-out loss " + ", ".join(f"{k[4:]} {v:.3f}" for k, v in record.items() if k.startswith("val/")))
+        if cfg.sample_every and frame.due(step + 1, cfg.sample_every) and d.is_main:
+            _print_samples(model, tokenizer, cfg, step + 1, samples, frame.bar)
+        frame.end_step(state, record, loss=f"{loss['loss']:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}",
+                       util=f"{meter.flops_per_s / ceiling:.0%}")
+    return _finish(frame, model, tokenizer, state, flops_per_token, ceiling, d)
 
 
-def next_token_loss(model, windows_BT1: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting windows[:, 1:] from windows[:, :-1]; windows [B, T+1]."""
-    inputs, targets = windows_BT1[:, :-1], windows_BT1[:, 1:]
-    logits_BTV = model(input_ids=inputs).logits
-    return F.cross_entropy(logits_BTV.flatten(0, 1).float(), targets.flatten())
+def _train_step(train_model, optimizer, rows_BT1: torch.Tensor, micro: int, accum: int, cfg: PretrainConfig, d) -> dict:
+    """Forward/backward this process's rows in `accum` micro-batches (DDP syncs on the last), clip, step;
+    returns the global batch's mean loss and the gradient norm before clipping."""
+    loss_sum = torch.zeros((), device=d.device)
+    for i in range(accum):
+        chunk = rows_BT1[i * micro : (i + 1) * micro].to(d.device)
+        with dist.no_sync(train_model, sync=i == accum - 1), autocast(d.device, cfg.dtype):
+            loss = next_token_loss(train_model, chunk)
+            (loss / accum).backward()
+        loss_sum += loss.detach()
+    grad_norm = clip_and_step(train_model, optimizer, cfg.optim.grad_clip)
+    return {"loss": float(dist.all_reduce_mean(loss_sum / accum)), "grad_norm": grad_norm}
 
 
 @torch.no_grad()
-def evaluate(model, val_streams: dict[str, torch.Tensor], cfg, d) -> dict:
+def evaluate(model, val_streams: dict[str, torch.Tensor], cfg: PretrainConfig, d) -> dict:
     """Held-out loss per source; each process takes every N-th window, sums are reduced."""
     model.eval()
     out = {}
@@ -140,11 +111,6 @@ def evaluate(model, val_streams: dict[str, torch.Tensor], cfg, d) -> dict:
     return out
 
 
-def machine_ceiling(d) -> float:
-    """fp32 matmul FLOP/s of the whole machine now: every process measures at once, the rates add up."""
-    return float(dist.all_reduce_sum(torch.tensor(matmul_ceiling(d.device))))
-
-
 def maybe_compile(model, example_BT1: torch.Tensor):
     """torch.compile, checked on one real micro-batch; eager (with a warning) if this machine cannot compile."""
     compiled = torch.compile(model)
@@ -157,7 +123,7 @@ def maybe_compile(model, example_BT1: torch.Tensor):
     return compiled
 
 
-def _micro_batching(cfg, world_size: int) -> tuple[int, int]:
+def _micro_batching(cfg: PretrainConfig, world_size: int) -> tuple[int, int]:
     if cfg.batch_size % world_size:
         raise ConfigError(f"pretrain.batch_size ({cfg.batch_size}) must divide evenly over {world_size} processes")
     per_rank = cfg.batch_size // world_size
@@ -174,20 +140,6 @@ def _tokenizer_dir(run_dir: Path, init: str) -> Path:
     return run_dir / "tokenizer"
 
 
-def load_mixture(run_dir: Path, cfg, tokenizer):
-    """(sampler over the training streams by mixture weight, held-out stream per source) for `cfg` (a PretrainConfig)."""
-    sources = discover_sources(Path(cfg.corpus) if cfg.corpus else run_dir / "data" / "corpus")
-    cache = run_dir / "data" / "tokens"
-    if dist.get().is_main:  # one process tokenises; the others read its cache
-        load_streams(sources, tokenizer, cache)
-    dist.barrier()
-    streams = load_streams(sources, tokenizer, cache)
-    weights = mixture_weights(cfg.mixture, {n: s["train"].numel() for n, s in streams.items()})
-    dist.print0("pretrain: mixture " + ", ".join(f"{n} {w:.0%} ({streams[n]['train'].numel():,} tokens)" for n, w in weights.items()))
-    sampler = MixtureSampler({n: s["train"] for n, s in streams.items()}, weights, cfg.seq_len, cfg.seed)
-    return sampler, {n: s["val"] for n, s in streams.items()}
-
-
 def _init_model(recipe: Recipe, tokenizer):
     cfg = recipe.pretrain
     if not cfg.init:
@@ -200,31 +152,26 @@ def _init_model(recipe: Recipe, tokenizer):
     return model
 
 
-def _print_samples(model, tokenizer, cfg, step: int, stage_dir: Path, bar):
+def _print_samples(model, tokenizer, cfg: PretrainConfig, step: int, log: MetricsLog, bar):
     model.eval()
     texts = complete(model, tokenizer, cfg.sample_prompts, max_new_tokens=24)
     model.train()
     lines = [f"  {p!r} -> {c!r}" for p, c in zip(cfg.sample_prompts, texts)]
     bar.write(f"step {step}: greedy samples\n" + "\n".join(lines))
-    with open(stage_dir / "samples.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "samples": dict(zip(cfg.sample_prompts, texts))}, ensure_ascii=False) + "\n")
+    log.log({"step": step, "samples": dict(zip(cfg.sample_prompts, texts))})
 
 
-def _finish(stage_dir: Path, model, tokenizer, state: dict, flops_per_token: float, ceiling: float, d) -> dict:
-    records = read_metrics(stage_dir / "metrics.jsonl") if d.is_main else []
+def _finish(frame: StageRun, model, tokenizer, state: dict, flops_per_token: float, ceiling: float, d) -> dict:
+    records = read_metrics(frame.dir / "metrics.jsonl") if d.is_main else []
     final = records[-1] if records else {}
     tokens_per_s = state["tokens"] / max(state["seconds"], 1e-9)  # training steps only, eval and saving excluded
     summary = {
-        "stage": STAGE, "steps": state["step"], "tokens": state["tokens"], "train_seconds": round(state["seconds"], 1),
+        "steps": state["step"], "tokens": state["tokens"], "train_seconds": round(state["seconds"], 1),
         "final_loss": final.get("loss"), "val": {k[4:]: v for k, v in final.items() if k.startswith("val/")},
         "tokens_per_s": round(tokens_per_s), "flops_per_s": round(tokens_per_s * flops_per_token),
         "matmul_ceiling_flops_per_s": round(ceiling), "utilisation": round(tokens_per_s * flops_per_token / ceiling, 4),
         "parameters": num_params(model), "world_size": d.world_size,
     }
-    if d.is_main:
-        save_pretrained(model, tokenizer, stage_dir)
-        atomic_write_json(stage_dir / "summary.json", summary)  # written last: the stage is complete
-        print(f"pretrain: done, {stage_dir} (final loss {summary['final_loss']}, {summary['tokens_per_s']:,} tokens/s, "
-              f"{summary['utilisation']:.0%} of the matmul ceiling)", flush=True)
-    dist.barrier()
-    return summary
+    return frame.finish(summary, lambda out: save_pretrained(model, tokenizer, out),
+                        f"final loss {summary['final_loss']}, {summary['tokens_per_s']:,} tokens/s, "
+                        f"{summary['utilisation']:.0%} of the matmul ceiling")

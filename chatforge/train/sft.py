@@ -12,129 +12,76 @@ The loop, per optimizer step:
   the step's dialogues (a fixed permutation per epoch) + the step's replay windows (seeded by the step)
   -> each process: its share, in micro-batches; loss = (1 - replay)·SFT + replay·replay loss
   -> clip, AdamW, schedule -> log -> now and then held-out dialogue loss and an atomic checkpoint.
-With `lora_rank > 0` only LoRA adapters train (via peft) and are merged into the weights on save.
+With `sft.lora.rank > 0` only LoRA adapters train (via peft) and are merged into the weights on save.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from chatforge import dist
-from chatforge.config import Recipe
+from chatforge.config import ComputeConfig, Recipe, SFTConfig
+from chatforge.data.dialogues import padded, sft_dialogues
+from chatforge.data.corpus import corpus_dir, token_cache
+from chatforge.data.mixture import MixtureSampler, load_mixture
 from chatforge.errors import ConfigError, UserError
-from chatforge.model import load_causal_lm, num_params, save_pretrained
-from chatforge.tokenizer import load_tokenizer, render_chat
-from chatforge.train.loop import (
-    Checkpointer, EpochOrder, MetricsLog, autocast, clip_and_step, lr_at, make_optimizer, progress, read_metrics, set_lr,
+from chatforge.io import atomic_write_json
+from chatforge.model import (
+    CAUSAL_LM, load_causal_lm, memory_savers, num_params, num_trained, save_pretrained, weights_dtype, with_lora,
 )
-from chatforge.train.pretrain import next_token_loss
+from chatforge.paths import base_model, has_corpus, has_world
+from chatforge.scoring import masked_token_loss, next_token_loss
+from chatforge.tokenizer import load_tokenizer
+from chatforge.train.loop import EpochOrder, StageRun, autocast, clip_and_step, make_optimizer, read_metrics, scheduled_lr
 
-STAGE = "sft"
-
-
-def is_complete(run_dir: Path) -> bool:
-    return (Path(run_dir) / STAGE / "summary.json").exists()
-
-
-def masked_token_loss(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of cross-entropy, number of tokens) over the positions where mask_BT is 1.
-
-    Position t's logits predict token t+1, so the target mask is mask_BT[:, 1:]: a token is
-    trained exactly when the chat template marked it as assistant output.
-    """
-    targets = ids_BT[:, 1:]
-    weights = mask_BT[:, 1:].float()
-    ce = F.cross_entropy(logits_BTV[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
-    return (ce * weights.flatten()).sum(), weights.sum()
-
-
-def encode_dialogues(tokenizer, dialogues: list[list[dict]], max_len: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
-    """(ids, loss mask) per dialogue, cut to max_len; dialogues left with nothing to train are dropped."""
-    encoded, dropped = [], 0
-    for messages in dialogues:
-        ids, mask = render_chat(tokenizer, messages)
-        ids, mask = ids[:max_len], mask[:max_len]
-        if sum(mask[1:]) == 0:
-            dropped += 1
-            continue
-        encoded.append((torch.tensor(ids), torch.tensor(mask)))
-    return encoded, dropped
-
-
-def pad_right(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, T], mask [B, T]; padding goes on the right, where causal attention never looks back at it."""
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (x, m) in enumerate(batch):
-        ids[i, : len(x)], mask[i, : len(m)] = x, m
-    return ids, mask
-
-
-def run(run_dir: Path, recipe: Recipe) -> dict:
+def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     run_dir, cfg = Path(run_dir), recipe.sft
-    stage_dir = run_dir / STAGE
-    if is_complete(run_dir):
-        dist.print0(f"sft: {stage_dir} is complete, skipping")
-        return json.loads((stage_dir / "summary.json").read_text())
-    d = dist.init()
+    d = dist.get()
     torch.manual_seed(cfg.seed)
-    base_dir = run_dir / "base"
+    base_dir = base_model(run_dir, recipe.model.base)
     if not (base_dir / "config.json").exists():
-        raise UserError(f"{base_dir}: no base model to fine-tune (run `chatforge pretrain --run {run_dir}` first)")
+        raise UserError(f"{base_dir}: no base model to fine-tune (run `chatforge pretrain --run {run_dir}` first, "
+                        f"or give your own with --base-model)")
     tokenizer = load_tokenizer(base_dir)
-    train, val = _load_dialogues(run_dir, cfg, tokenizer)
-    num_replay, num_sft = _split_batch(cfg, d.world_size)
+    if not cfg.data and not has_world(run_dir):
+        return _adopt(base_dir, tokenizer, out, d)
+    train, val = sft_dialogues(run_dir, cfg, tokenizer)
+    num_replay, num_sft = _split_batch(cfg, d.world_size, has_corpus(run_dir, recipe.pretrain.corpus))
     replay = _replay_sampler(run_dir, recipe, tokenizer) if num_replay else None
-    model = _load_model(base_dir, cfg).to(d.device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    ckpt = Checkpointer(stage_dir)
-    state = {"step": 0, "seconds": 0.0, "tokens": 0}
-    if ckpt.latest():
-        state = ckpt.load(model, {"adamw": optimizer})
-        dist.print0(f"sft: resuming from step {state['step']} ({ckpt.latest()})")
-    elif d.is_main:
-        _write_stage_config(stage_dir, cfg, d)
+    model = _load_model(base_dir, cfg, recipe.compute, d)
+    optimizer = make_optimizer(model, cfg.optim)
+    frame = StageRun("sft", out, total=cfg.steps, save_every=cfg.save_every)
+    state = frame.start(model, {"adamw": optimizer}, {"step": 0, "seconds": 0.0, "tokens": 0},
+                        {"sft": asdict(cfg), "base": str(base_dir)})
     train_model = dist.wrap(model)
     order = EpochOrder(len(train), cfg.seed)
-    log = MetricsLog(stage_dir / "metrics.jsonl", resume_step=state["step"])
-    dist.print0(f"sft: {len(train)} dialogues, {num_params(model) / 1e6:.2f}M parameters "
-                f"({sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained), "
-                f"batch {cfg.batch_size} = {num_sft} dialogues + {num_replay} replay windows, {d.world_size} process(es)")
-    bar = progress(cfg.steps, state["step"], "sft")
+    dist.print0(f"sft: {len(train)} dialogues, {num_params(model) / 1e6:.2f}M parameters ({num_trained(model) / 1e6:.2f}M "
+                f"trained), batch {cfg.batch_size} = {num_sft} dialogues + {num_replay} replay windows, "
+                f"{d.world_size} process(es)")
 
     for step in range(state["step"], cfg.steps):
         t0 = time.perf_counter()
-        lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
-        set_lr(optimizer, lr)
+        lr = scheduled_lr(optimizer, cfg.optim, step, cfg.steps)
         dialogues = [train[i] for i in dist.my_share(order.indices(step, num_sft))]
         windows = replay.rank_rows(step, num_replay) if replay else None
         sft_loss, replay_loss, tokens = _accumulate(train_model, dialogues, windows, cfg, tokenizer.pad_token_id, d)
-        grad_norm = clip_and_step(train_model, optimizer, cfg.grad_clip)
+        grad_norm = clip_and_step(train_model, optimizer, cfg.optim.grad_clip)
         seconds = time.perf_counter() - t0
         state = {"step": step + 1, "seconds": state["seconds"] + seconds, "tokens": state["tokens"] + tokens}
         record = {"step": step + 1, "loss": round(sft_loss, 6), "replay_loss": round(replay_loss, 6), "lr": lr,
                   "grad_norm": round(grad_norm, 4), "assistant_tokens": tokens, "seconds": round(seconds, 3)}
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.eval_every == 0 or last:
+        if frame.due(step + 1, cfg.eval_every):
             record["val/loss"] = evaluate(model, val, cfg, tokenizer.pad_token_id, d)
-            bar.write(f"step {step + 1}: held-out dialogue loss {record['val/loss']:.4f}")
-        log.log(record)
-        bar.set_postfix(loss=f"{sft_loss:.3f}", replay=f"{replay_loss:.3f}", refresh=False)
-        bar.update(1)
-        if (step + 1) % cfg.save_every == 0 or last:
-            ckpt.save(step + 1, model, {"adamw": optimizer}, state)
-    bar.close()
-    return _finish(stage_dir, model, tokenizer, cfg, state, d)
+            frame.bar.write(f"step {step + 1}: held-out dialogue loss {record['val/loss']:.4f}")
+        frame.end_step(state, record, loss=f"{sft_loss:.3f}", replay=f"{replay_loss:.3f}")
+    return _finish(frame, model, tokenizer, cfg, state, d)
 
 
-def _accumulate(model, dialogues, windows, cfg, pad_id: int, d) -> tuple[float, float, int]:
+def _accumulate(model, dialogues, windows, cfg: SFTConfig, pad_id: int, d) -> tuple[float, float, int]:
     """Forward/backward this process's share of one step; returns (SFT loss, replay loss, assistant tokens)."""
     local_tokens = sum(int(m[1:].sum()) for _, m in dialogues)
     global_tokens = float(dist.all_reduce_sum(torch.tensor(float(local_tokens))))
@@ -149,7 +96,7 @@ def _accumulate(model, dialogues, windows, cfg, pad_id: int, d) -> tuple[float, 
     for i, (kind, chunk) in enumerate(chunks):
         with dist.no_sync(model, sync=i == len(chunks) - 1), autocast(d.device, cfg.dtype):
             if kind == "sft":
-                ids, mask = (x.to(d.device) for x in pad_right(chunk, pad_id))
+                ids, mask = (x.to(d.device) for x in padded(chunk, pad_id))
                 loss_sum, _ = masked_token_loss(model(input_ids=ids).logits, ids, mask)
                 (loss_sum * sft_scale).backward()
                 sft_sum += loss_sum.detach()
@@ -163,13 +110,13 @@ def _accumulate(model, dialogues, windows, cfg, pad_id: int, d) -> tuple[float, 
 
 
 @torch.no_grad()
-def evaluate(model, val, cfg, pad_id: int, d) -> float:
+def evaluate(model, val, cfg: SFTConfig, pad_id: int, d) -> float:
     """Mean cross-entropy per assistant token on held-out dialogues (each process takes every N-th)."""
     model.eval()
     total = torch.zeros(2, device=d.device)
     mine = val[d.rank :: d.world_size]
     for i in range(0, len(mine), cfg.micro_batch_size):
-        ids, mask = (x.to(d.device) for x in pad_right(mine[i : i + cfg.micro_batch_size], pad_id))
+        ids, mask = (x.to(d.device) for x in padded(mine[i : i + cfg.micro_batch_size], pad_id))
         with autocast(d.device, cfg.dtype):
             loss_sum, count = masked_token_loss(model(input_ids=ids).logits, ids, mask)
         total += torch.stack([loss_sum.detach(), count])
@@ -178,8 +125,11 @@ def evaluate(model, val, cfg, pad_id: int, d) -> float:
     return round(float(total[0] / total[1].clamp(min=1)), 6)
 
 
-def _split_batch(cfg, world_size: int) -> tuple[int, int]:
-    num_replay = round(cfg.batch_size * cfg.replay)
+def _split_batch(cfg: SFTConfig, world_size: int, corpus: bool) -> tuple[int, int]:
+    """(replay windows, dialogues) per step; no replay where there is no pretraining corpus (your own model)."""
+    if not corpus and cfg.replay > 0:
+        dist.print0("sft: no pretraining corpus in this run, so no replay (sft.replay is ignored)")
+    num_replay = round(cfg.batch_size * cfg.replay) if corpus else 0
     num_sft = cfg.batch_size - num_replay
     for name, n in (("dialogues", num_sft), ("replay windows", num_replay)):
         if n % world_size:
@@ -189,66 +139,37 @@ def _split_batch(cfg, world_size: int) -> tuple[int, int]:
     return num_replay, num_sft
 
 
-def _load_dialogues(run_dir: Path, cfg, tokenizer):
-    from chatforge.data.chat import format_report, read_dialogues
-
-    world = run_dir / "data" / "dialogues"
-    train_path = Path(cfg.data) if cfg.data else world / "train.jsonl"
-    train_msgs, report = read_dialogues(train_path, fmt=cfg.format, skip_invalid=cfg.skip_invalid)
-    dist.print0("sft: " + format_report(report))
-    val_path = Path(cfg.val_data) if cfg.val_data else (None if cfg.data else world / "val.jsonl")
-    val_msgs = read_dialogues(val_path, fmt=cfg.format, skip_invalid=cfg.skip_invalid)[0] if val_path else []
-    train, dropped = encode_dialogues(tokenizer, train_msgs, cfg.max_len)
-    val, _ = encode_dialogues(tokenizer, val_msgs, cfg.max_len)
-    if dropped:
-        dist.print0(f"sft: {dropped} dialogues had no assistant token within sft.max_len={cfg.max_len} and were dropped")
-    if val_path is None:  # the user's own data with no held-out file: keep 2% (at least one dialogue) back
-        held = max(1, len(train) // 50)
-        train, val = train[:-held], train[-held:]
-    if not train or not val:
-        raise UserError(f"{train_path}: no dialogue left to train on or to hold out after encoding (sft.max_len={cfg.max_len})")
-    return train, val
-
-
-def _replay_sampler(run_dir: Path, recipe: Recipe, tokenizer):
-    from chatforge.train.pretrain import load_mixture
-
+def _replay_sampler(run_dir: Path, recipe: Recipe, tokenizer) -> MixtureSampler:
     # Not pretraining's order (replay should not retrace its steps) and windows of replay_len tokens.
-    cfg = replace(recipe.pretrain, seq_len=recipe.sft.replay_len, seed=recipe.sft.seed + 1)
-    sampler, _ = load_mixture(run_dir, cfg, tokenizer)
+    sampler, _ = load_mixture(corpus_dir(run_dir, recipe.pretrain.corpus), token_cache(run_dir), tokenizer,
+                              recipe.pretrain.mixture, recipe.sft.replay_len, recipe.sft.seed + 1)
+    dist.print0(f"sft: replay mixture {sampler.describe()}")
     return sampler
 
 
-def _load_model(base_dir: Path, cfg):
-    model = load_causal_lm(base_dir)
-    if not cfg.lora_rank:
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+def _load_model(base_dir: Path, cfg: SFTConfig, compute: ComputeConfig, d: dist.Dist):
+    """The model to fine-tune on this process's device: every weight in fp32, or, with LoRA, a frozen base (bf16 on
+    CUDA) under fp32 adapters."""
+    model = load_causal_lm(base_dir, d.device, weights_dtype(d.device, cfg.dtype, trained=not cfg.lora.rank))
+    return memory_savers(with_lora(model, cfg.lora, CAUSAL_LM), compute.grad_checkpointing)
 
 
-def _write_stage_config(stage_dir: Path, cfg, d):
-    from chatforge.io import atomic_write_json
-
-    atomic_write_json(stage_dir / "stage_config.json", {"stage": STAGE, "sft": asdict(cfg), "world_size": d.world_size})
-
-
-def _finish(stage_dir: Path, model, tokenizer, cfg, state: dict, d) -> dict:
-    from chatforge.io import atomic_write_json
-
-    records = read_metrics(stage_dir / "metrics.jsonl") if d.is_main else []
-    final = records[-1] if records else {}
-    summary = {"stage": STAGE, "steps": state["step"], "train_seconds": round(state["seconds"], 1),
-               "assistant_tokens": state["tokens"], "final_loss": final.get("loss"), "val_loss": final.get("val/loss"),
-               "lora_rank": cfg.lora_rank, "world_size": d.world_size}
+def _adopt(base_dir: Path, tokenizer, out: Path, d: dist.Dist) -> dict:
+    """With your own model and no dialogues of your own, the model is already the chat model the later stages
+    start from: sft/ is that model, unchanged."""
+    dist.print0(f"sft: no dialogues given (--sft-data), so {base_dir} is the SFT model as it is")
     if d.is_main:
-        plain = model.merge_and_unload() if cfg.lora_rank else model  # a plain HF directory either way
-        save_pretrained(plain, tokenizer, stage_dir)
-        atomic_write_json(stage_dir / "summary.json", summary)
-        print(f"sft: done, {stage_dir} (loss {summary['final_loss']}, held-out {summary['val_loss']})", flush=True)
+        save_pretrained(load_causal_lm(base_dir), tokenizer, out)
+        atomic_write_json(out / "summary.json", {"stage": "sft", "steps": 0, "adopted": str(base_dir)})
     dist.barrier()
-    return summary
+    return {"steps": 0, "adopted": str(base_dir)}
+
+
+def _finish(frame: StageRun, model, tokenizer, cfg: SFTConfig, state: dict, d) -> dict:
+    records = read_metrics(frame.dir / "metrics.jsonl") if d.is_main else []
+    final = records[-1] if records else {}
+    summary = {"steps": state["step"], "train_seconds": round(state["seconds"], 1),
+               "assistant_tokens": state["tokens"], "final_loss": final.get("loss"), "val_loss": final.get("val/loss"),
+               "lora_rank": cfg.lora.rank, "world_size": d.world_size}
+    return frame.finish(summary, lambda out: save_pretrained(model, tokenizer, out, cfg.lora),
+                        f"loss {summary['final_loss']}, held-out {summary['val_loss']}")

@@ -14,9 +14,11 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 from chatforge.errors import UserError
 from chatforge.io import atomic_write_text
+from chatforge.report.tables import comparison_rows, format_vs_sft, own_rows, wrong_side
 from chatforge.train.loop import read_metrics
 
 EVAL_STAGES = ("base", "sft", "ppo")
@@ -27,7 +29,7 @@ def _json(path: Path) -> dict | None:
 
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred, as in _figure
 
     buf = io.BytesIO()
     fig.tight_layout()
@@ -37,7 +39,7 @@ def _png(fig) -> str:
 
 
 def _figure(width=5.0, height=3.2):
-    import matplotlib
+    import matplotlib  # deferred: heavy to import, and only the report draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -125,9 +127,10 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f"<table class='{cls}'><tr>{head}</tr>{body}</table>"
 
 
-def stage_table(run_dir: Path) -> str:
+def stage_table(run_dir: Path, trained: Sequence[str]) -> str:
+    """Steps and training time of each trained stage (its directory in the run) that has finished."""
     rows = []
-    for stage in ("base", "sft", "reward", "ppo"):
+    for stage in trained:
         summary = _json(run_dir / stage / "summary.json")
         if summary is None:
             continue
@@ -138,8 +141,6 @@ def stage_table(run_dir: Path) -> str:
 
 
 def eval_table(results: list[dict]) -> str:
-    from chatforge.eval import comparison_rows
-
     rows = [[html.escape(label)] + cells for label, cells in comparison_rows(results)]
     return _table(["metric"] + [r["stage"] for r in results], rows)
 
@@ -159,10 +160,22 @@ def answers_side_by_side(results: list[dict]) -> str:
     return _table(["held-out prompt"] + [r["stage"] for r in results], rows, cls="answers")
 
 
+def own_answers_side_by_side(results: list[dict], limit: int = 24) -> str:
+    """Your held-out prompts every evaluated model answered, their answers in columns, with the reward model's score."""
+    ids = [i for i in results[0]["answers"] if all(i in r["answers"] for r in results)][:limit]
+    rows = []
+    for i in ids:
+        cells = [html.escape(results[0]["answers"][i]["question"])]
+        for r in results:
+            a = r["answers"][i]
+            score = f"<br><span class=score>reward {a['reward']:+.2f}</span>" if "reward" in a else ""
+            cells.append(f"{html.escape(a['answer']) or '<i>(empty)</i>'}{score}")
+        rows.append(cells)
+    return _table(["held-out prompt"] + [r["stage"] for r in results], rows, cls="answers")
+
+
 def _wrong_side(results: list[dict]) -> list[str]:
     """Per model, the held-out harmful requests it did not always refuse and the benign ones it refused."""
-    from chatforge.eval import wrong_side
-
     rows = [(r["stage"], wrong_side(r["qa"]["refusals_by_request"])) for r in results if "refusals_by_request" in r["qa"]]
     items = [f"<b>{html.escape(stage)}</b>: {html.escape(', '.join(wrong)) if wrong else 'none'}" for stage, wrong in rows]
     return [f"<p class=note>Held-out requests on the wrong side (refused / asked): {'; '.join(items)}.</p>"] if rows else []
@@ -183,42 +196,78 @@ table.answers { table-layout: fixed; width: 100%; }
 """
 
 
-def render(run_dir: Path) -> Path:
-    """Write run_dir/report.html from what the run directory holds; returns its path."""
-    from chatforge.eval import format_vs_sft
-
+def render(run_dir: Path, trained: Sequence[str] = ("base", "sft", "reward", "ppo")) -> Path:
+    """Write run_dir/report.html from what the run directory holds; returns its path. `trained`: the directories
+    of the trained stages, in the pipeline's order (`chatforge.stages`)."""
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").exists():
         raise UserError(f"{run_dir}: not a run directory (no recipe.yaml)")
     results = [r for r in (_json(run_dir / "eval" / f"{s}.json") for s in EVAL_STAGES) if r]
-    rm = _json(run_dir / "eval" / "reward.json")
-    ppo = _json(run_dir / "ppo" / "summary.json")
+    world = all("qa" in r for r in results)
+    judge = "the gold judge stands in for people" if world else "your own held-out data, judged by the reward model"
     parts = [f"<h1>chatforge run: {html.escape(run_dir.name)}</h1>",
              f"<p class=note>{html.escape(str(run_dir))}, rendered {time.strftime('%Y-%m-%d %H:%M')}. "
-             "Every number below is measured on the run's held-out data; the gold judge stands in for people.</p>",
-             "<h2>Stages</h2>", stage_table(run_dir)]
-    if results:
-        parts += ["<h2>Evaluation of each model</h2>",
-                  "<p class=note>Greedy answers to held-out users' prompts, scored by the gold judge; fact completion of "
-                  "every fact's stem; held-out corpus loss (the alignment tax).</p>", eval_table(results),
-                  *_wrong_side(results)]
-        if "vs_sft" in results[-1]:
-            parts += ["<h2>PPO against SFT</h2>", f"<pre>{html.escape(format_vs_sft(results[-1]['vs_sft']))}</pre>"]
-    if ppo and ppo.get("overoptimised"):
-        parts.append(f"<p><b>Over-optimisation:</b> {html.escape(ppo['overoptimised'])}</p>")
-    if rm:
-        parts += ["<h2>Reward model</h2>",
-                  f"<p>Pairwise accuracy against the gold judge on {rm['heldout_prompts']} held-out prompts: "
-                  f"{_rates(rm['pairwise_accuracy'])}; "
-                  f"Spearman {rm['spearman_gold']:+.3f}; annotators agree with gold {rm['annotator_agreement']:.1%}.</p>",
-                  *([f"<p>On {rm['eval_users']['prompts']} evaluation prompts (users who never ranked; held-out request "
-                     f"wordings and entities), SFT's sampled answers: {_rates(rm['eval_users']['pairwise_accuracy'])}.</p>"]
-                    if "eval_users" in rm else []),
-                  *_best_of_k(rm),
-                  *([f"<p>Held-out written safety comparisons (refusal against help, not counted above): "
-                     f"{rm['written']['pairwise_accuracy']['all']:.1%} of {rm['written']['pairs']['all']} pairs.</p>"]
-                    if "written" in rm else []),
-                  f"<div class=plots><img alt='reward model accuracy per category' src='{reward_plot(rm)}'></div>"]
+             f"Every number below is measured on the run's held-out data; {judge}.</p>",
+             "<h2>Stages</h2>", stage_table(run_dir, trained),
+             *(_world_models(results) if world else _own_models(results)),
+             *_reward_model(_json(run_dir / "eval" / "reward.json")), *_curves(run_dir)]
+    if len(results) > 1:
+        parts += ["<h2>The same held-out prompts, answered by each model</h2>",
+                  answers_side_by_side(results) if world else own_answers_side_by_side(results)]
+    recipe = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
+    parts += ["<h2>Recipe</h2><details><summary>recipe.yaml</summary>", f"<pre>{html.escape(recipe)}</pre></details>"]
+    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>chatforge report: "
+            f"{html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    out = run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
+
+
+def _world_models(results: list[dict]) -> list[str]:
+    if not results:
+        return []
+    parts = ["<h2>Evaluation of each model</h2>",
+             "<p class=note>Greedy answers to held-out users' prompts, scored by the gold judge; fact completion of "
+             "every fact's stem; held-out corpus loss (the alignment tax).</p>", eval_table(results), *_wrong_side(results)]
+    if "vs_sft" in results[-1]:
+        parts += ["<h2>PPO against SFT</h2>", f"<pre>{html.escape(format_vs_sft(results[-1]['vs_sft']))}</pre>"]
+    return parts
+
+
+def _own_models(results: list[dict]) -> list[str]:
+    if not results:
+        return []
+    rows = [[html.escape(label)] + [html.escape(c) for c in cells] for label, cells in own_rows(results)]
+    return ["<h2>Evaluation of each model</h2>",
+            "<p class=note>Greedy answers to the prompts of held-out users (whom neither the reward model nor PPO saw), "
+            "scored by the reward model; the win rate counts ties as half, with its 95% interval over the prompts.</p>",
+            _table(["metric"] + [r["stage"] for r in results], rows)]
+
+
+def _reward_model(rm: dict | None) -> list[str]:
+    if not rm:
+        return []
+    if "spearman_gold" not in rm:  # your own preferences: their own order is the reference
+        return ["<h2>Reward model</h2>", f"<p>Pairwise accuracy on {rm['heldout_prompts']} held-out prompts of held-out "
+                f"users, against their rankings: {_rates(rm['pairwise_accuracy'])} ({rm['pairs']['all']} pairs); "
+                f"correlation of the reward with answer length {rm['length_bias']:+.3f}.</p>"]
+    return ["<h2>Reward model</h2>",
+            f"<p>Pairwise accuracy against the gold judge on {rm['heldout_prompts']} held-out prompts: "
+            f"{_rates(rm['pairwise_accuracy'])}; "
+            f"Spearman {rm['spearman_gold']:+.3f}; annotators agree with gold {rm['annotator_agreement']:.1%}.</p>",
+            *([f"<p>On {rm['eval_users']['prompts']} evaluation prompts (users who never ranked; held-out request "
+               f"wordings and entities), SFT's sampled answers: {_rates(rm['eval_users']['pairwise_accuracy'])}.</p>"]
+              if "eval_users" in rm else []),
+            *_best_of_k(rm),
+            *([f"<p>Held-out written safety comparisons (refusal against help, not counted above): "
+               f"{rm['written']['pairwise_accuracy']['all']:.1%} of {rm['written']['pairs']['all']} pairs.</p>"]
+              if "written" in rm else []),
+            f"<div class=plots><img alt='reward model accuracy per category' src='{reward_plot(rm)}'></div>"]
+
+
+def _curves(run_dir: Path) -> list[str]:
+    ppo = _json(run_dir / "ppo" / "summary.json")
+    parts = [f"<p><b>Over-optimisation:</b> {html.escape(ppo['overoptimised'])}</p>"] if ppo and ppo.get("overoptimised") else []
     plots = [(title, uri, "") for title, uri in loss_plots(run_dir)]
     if (run_dir / "ppo" / "overoptimisation.png").exists():
         data = base64.b64encode((run_dir / "ppo" / "overoptimisation.png").read_bytes()).decode()
@@ -228,12 +277,4 @@ def render(run_dir: Path) -> Path:
         parts += ["<h2>Training curves</h2><div class=plots>"]
         parts += [f"<img alt='{html.escape(t)}' title='{html.escape(t)}' src='{uri}'{cls}>" for t, uri, cls in plots]
         parts.append("</div>")
-    if len(results) > 1:
-        parts += ["<h2>The same held-out prompts, answered by each model</h2>", answers_side_by_side(results)]
-    recipe = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
-    parts += ["<h2>Recipe</h2><details><summary>recipe.yaml</summary>", f"<pre>{html.escape(recipe)}</pre></details>"]
-    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>chatforge report: "
-            f"{html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
-    out = run_dir / "report.html"
-    atomic_write_text(out, page)
-    return out
+    return parts
