@@ -23,6 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatforge.generate import generate, left_pad  # noqa: E402
+from chatforge.model import matmul_params  # noqa: E402
+from chatforge.perf import matmul_ceiling  # noqa: E402
 
 
 def load(model_dir: str | None):
@@ -61,6 +63,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
+    ceiling = matmul_ceiling()
     model = load(args.model)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
@@ -76,6 +79,8 @@ def main():
         times["transformers"].append(t_theirs)
     tokens = args.batch * args.new_tokens
     med = {k: statistics.median(v) for k, v in times.items()}
+    ceiling = max(ceiling, matmul_ceiling())
+    flops = 2 * matmul_params(model) * tokens  # a decoding step's forward, per generated token (attention aside)
     print(json.dumps({
         "bench": "generate", "model": args.model or "fresh laptop-size model",
         "parameters": sum(p.numel() for p in model.parameters()), "batch": args.batch, "new_tokens": args.new_tokens,
@@ -83,6 +88,8 @@ def main():
         "tokens_per_s": {k: round(tokens / v) for k, v in med.items()},
         "seconds_all": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "speedup_vs_transformers": round(med["transformers"] / med["chatforge"], 3),
+        "matmul_ceiling_flops_per_s": round(ceiling),
+        "utilisation": {k: round(flops / v / ceiling, 4) for k, v in med.items()},
         "identical_tokens": out_ours == out_theirs,
         "load_average": round(os.getloadavg()[0], 2),
     }, indent=2))

@@ -9,6 +9,7 @@ checked against the dataclass fields: an unknown key or a value of the wrong typ
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import yaml
 
 from chatforge.errors import ConfigError
 from chatforge.io import atomic_write_text
+from chatforge.llm import ENV_NAME
 from chatforge.world.config import WorldConfig
 
 
@@ -26,6 +28,12 @@ def _positive(section: str, cfg, names: tuple[str, ...]):
         value = getattr(cfg, name)
         if not value > 0:  # "not >" also refuses nan
             raise ConfigError(f"{section}.{name} must be positive, got {value}")
+
+
+def check_context(field_name: str, length: int, context: int):
+    """A length a stage feeds the model must fit its context (its position encoding's reach)."""
+    if length > context:
+        raise ConfigError(f"{field_name} ({length}) is longer than the model's context ({context} positions)")
 
 
 def _check_dtype(section: str, dtype: str):
@@ -293,6 +301,43 @@ class PPOConfig:
 
 
 @dataclass
+class LLMJudgeConfig:
+    """The `judge` section of a recipe. With `endpoint` empty (the default) no LLM judge is used."""
+
+    endpoint: str = ""  # base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1; "" = unused
+    model: str = ""  # the model name to send, as the endpoint knows it
+    api_key_env: str = ""  # NAME of the environment variable holding the API key ("" sends none); never the key
+    max_concurrency: int = 4  # requests in flight at once
+    requests_per_second: float = 2.0  # over all threads together; 0 = no limit (e.g. your own local server)
+    timeout_s: float = 120.0  # per request; a timed-out request is retried with backoff
+    max_tokens: int = 512  # room for a few sentences of reasoning and the verdict line
+    cache: str = "llm_judge.jsonl"  # file name of the reply cache, kept in the evaluation's directory
+
+    def __post_init__(self):
+        if self.endpoint and not re.match(r"https?://", self.endpoint):
+            raise ConfigError(f"judge.endpoint must start with http:// or https://, got {self.endpoint!r}")
+        if self.endpoint and not self.model:
+            raise ConfigError("judge.model must name the model to ask when judge.endpoint is set")
+        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):
+            # Not echoed: a value that is no variable name is most likely the key itself.
+            raise ConfigError("judge.api_key_env must be the NAME of an environment variable that holds the key "
+                              "(e.g. OPENAI_API_KEY), not the key itself")
+        for name in ("max_concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"judge.{name} must be at least 1, got {getattr(self, name)}")
+        if self.requests_per_second < 0:
+            raise ConfigError(f"judge.requests_per_second must be >= 0 (0: no limit), got {self.requests_per_second}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"judge.timeout_s must be positive, got {self.timeout_s}")
+        if not self.cache or "/" in self.cache or "\\" in self.cache:
+            raise ConfigError(f"judge.cache must be a file name (no folder), got {self.cache!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoint)
+
+
+@dataclass
 class ComputeConfig:
     """Where the models run, for every stage."""
 
@@ -321,6 +366,7 @@ class Recipe:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    judge: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)  # an LLM judge for the evaluation; unused if empty
 
 
 # ----------------------------------------------------------------------------- building from plain data
@@ -483,15 +529,18 @@ def load_recipe(path: Path | None = None, overrides: list[str] = ()) -> Recipe:
 
 
 def _culprit(path: Path | None, parsed: list[tuple[str, str, object]]) -> str:
-    """The override that is wrong on its own (over the file), else all of them: they contradict each other."""
-    for text, key, value in parsed:
+    """The override without which the rest would be fine, else all of them: they are wrong only together."""
+    for text, _, _ in parsed:
         data = read_yaml(path) if path else {}
-        _set_dotted(data, key, value)
+        for other, key, value in parsed:
+            if other != text:
+                _set_dotted(data, key, value)
         try:
             from_dict(Recipe, data)
-        except ConfigError:
             return f"--set {text}"
-    return "the --set values together" if len(parsed) > 1 else f"--set {parsed[0][0]}"
+        except ConfigError:
+            continue
+    return f"--set {parsed[0][0]}" if len(parsed) == 1 else "the --set values together"
 
 
 def save_yaml(data: dict, path: Path):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+
+from chatforge.errors import DataError
 
 
 def atomic_write_text(path: Path, text: str):
@@ -58,8 +61,6 @@ def jsonl_records(path: Path):
     Lines are decoded one at a time from bytes: decoding the file as a text stream would report a bad
     byte at the line where its 8 KB chunk began, not where the byte is.
     """
-    from chatforge.errors import DataError
-
     path = Path(path)
     try:
         f = open(path, "rb")
@@ -82,9 +83,46 @@ def jsonl_records(path: Path):
 
 def read_jsonl(path: Path):
     """Yield (line_number, object) for each non-blank line; a broken line is a DataError naming file and line."""
-    from chatforge.errors import DataError
-
     for lineno, item in jsonl_records(path):
         if isinstance(item, BadLine):
             raise DataError(f"{path}:{lineno}: {item}")
         yield lineno, item
+
+
+def read_json(path: Path, missing_ok: bool = True):
+    """A JSON file's content; None if it is absent (and missing_ok). A file that cannot be read or parsed (torn by a
+    kill, damaged, a folder) is a DataError naming it."""
+    path = Path(path)
+    if missing_ok and not path.exists():
+        return None
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a JSON file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: not readable JSON ({str(e).splitlines()[0][:120]})") from None
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in blocks: a stage's summary keeps its model files' digests, and loading checks them."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verified(stage_dir: Path) -> bool:
+    """Whether a stage is complete (summary.json) with its model files as it wrote them: a damaged or replaced file
+    is a DataError saying which, not a model that quietly loads wrong."""
+    summary = read_json(Path(stage_dir) / "summary.json")
+    if summary is None:
+        return False
+    for name, digest in (summary.get("files") or {}).items():
+        path = Path(stage_dir) / name
+        if not path.is_file() or file_digest(path) != digest:
+            raise DataError(f"{path}: not the file this stage wrote (its digest in summary.json differs, or it is "
+                            f"missing): delete {stage_dir} to make the stage again")
+    return True

@@ -18,6 +18,7 @@ from transformers import (
 
 from chatforge.config import LoraConfig, ModelConfig
 from chatforge.errors import UserError
+from chatforge.io import verified
 from chatforge.tokenizer import IM_END
 
 CAUSAL_LM, SEQ_CLS = "CAUSAL_LM", "SEQ_CLS"  # peft's names of the two kinds of model chatforge trains
@@ -116,9 +117,10 @@ def load_sequence_classifier(path: Path, device: torch.device | str = "cpu", dty
 
 
 def _from_pretrained(auto_class, path: Path, device, dtype: torch.dtype, **kwargs) -> torch.nn.Module:
+    verified(path)  # a stage's directory: its weights as the stage wrote them
     try:  # by its absolute path: an adapter saved over this model names it, and must find it from anywhere
         model = auto_class.from_pretrained(str(path.resolve()), dtype=dtype, **kwargs)
-    except (ValueError, KeyError, OSError, RuntimeError, TypeError) as e:  # a missing or torn weights file among them
+    except Exception as e:  # noqa: BLE001 - a torn, empty or foreign weights file: whatever the loader raises, say where
         raise UserError(f"{path}: cannot be loaded ({str(e).splitlines()[0][:300]})") from None
     return model.to(device)
 

@@ -18,6 +18,8 @@ from typing import Callable
 from chatforge import eta, feedback, tokenizer
 from chatforge.config import Recipe
 from chatforge.eval import evaluate
+from chatforge.errors import DataError, UserError
+from chatforge.io import read_json, verified
 from chatforge.report import render
 from chatforge.paths import has_world
 from chatforge.report.tables import (
@@ -66,7 +68,7 @@ def own_preferences(recipe: Recipe) -> str | None:
 
 
 def has_summary(run_dir: Path, out: Path) -> bool:
-    return (out / "summary.json").exists()
+    return verified(out)
 
 
 def exists(run_dir: Path, out: Path) -> bool:
@@ -90,6 +92,9 @@ def run_eval(run_dir: Path, recipe: Recipe, out: Path, stage: str | None = None)
     """`chatforge eval --stage S`: one model's evaluation, printed. In `chatforge run`: every model's (each only if
     it changed since its last evaluation) and the reward model's, printed side by side."""
     if stage is not None:
+        if not (run_dir / stage / "config.json").is_file() or Path(stage).name != stage or stage in (".", ".."):
+            raise UserError(f"--stage {stage!r}: not a model folder of {run_dir} (base, sft, reward, ppo, or the --out "
+                            f"of a side experiment)")
         result = evaluate(run_dir, recipe, stage)
         print(format_reward_table(result) if stage == "reward" else
               format_table(result) if has_world(run_dir) else format_own_comparison([result]))
@@ -106,7 +111,10 @@ def run_eval(run_dir: Path, recipe: Recipe, out: Path, stage: str | None = None)
 def _eval_once(run_dir: Path, recipe: Recipe, stage: str) -> dict:
     """A stage's eval, computed once: a model that has not changed since is not evaluated again."""
     if eval_is_current(run_dir, stage):
-        return json.loads((run_dir / "eval" / f"{stage}.json").read_text())
+        try:
+            return read_json(run_dir / "eval" / f"{stage}.json", missing_ok=False)
+        except DataError:  # torn by a kill: evaluated again
+            pass
     return evaluate(run_dir, recipe, stage)
 
 
@@ -124,10 +132,9 @@ def run_report(run_dir: Path, recipe: Recipe, out: Path, card: bool = False) -> 
     path = render(run_dir, [s.writes for s in STAGES if s.trains])
     print(f"report: {path}")
     if card:
-        results = [json.loads(p.read_text()) for s in EVALUATED if (p := run_dir / "eval" / f"{s}.json").exists()]
-        rm_file, timings_file = run_dir / "eval" / "reward.json", run_dir / "timings.json"
-        print("\n" + results_card(results, json.loads(rm_file.read_text()) if rm_file.exists() else None,
-                                  json.loads(timings_file.read_text()) if timings_file.exists() else {}))
+        results = [r for s in EVALUATED if (r := read_json(run_dir / "eval" / f"{s}.json"))]
+        print("\n" + results_card(results, read_json(run_dir / "eval" / "reward.json"),
+                                  read_json(run_dir / "timings.json") or {}))
     return path
 
 

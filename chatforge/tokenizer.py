@@ -100,10 +100,18 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int, min_fr
 
 
 def load_tokenizer(path: Path):
+    """A directory's tokenizer (as `transformers` loads it), with a pad token (its end of sequence, if it has
+    none: padding is never attended to); a missing or damaged one is a DataError."""
     path = Path(path)
-    if not (path / "tokenizer.json").exists():
+    if not (path / "tokenizer.json").is_file():
         raise DataError(f"{path}: no tokenizer.json here (run `chatforge tokenizer` first)")
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception kinds for a damaged file
+        raise DataError(f"{path / 'tokenizer.json'}: cannot be read as a tokenizer ({str(e).splitlines()[0][:160]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def run(run_dir: Path, recipe, out: Path):

@@ -18,7 +18,7 @@ from conftest import serve_in_thread
 
 from chatforge.errors import ConfigError, DataError, UserError
 from chatforge.llm import cache_key
-from chatforge.llm_judge import LLMJudge, LLMJudgeConfig, Verdict, combine, parse_verdict, summarize
+from chatforge.eval.llm_judge import LLMJudge, LLMJudgeConfig, Verdict, combine, parse_verdict, summarize
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GOOD, BAD, WORSE = "The capital of France is Paris.", "The capital of France is Lyon.", "I like trains."

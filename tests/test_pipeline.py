@@ -116,3 +116,32 @@ def test_tiny_pipeline_stopped_in_every_stage_matches_an_uninterrupted_run(tmp_p
     assert again.stdout.count("complete, skipping") == 8, again.stdout
     assert {p: p.stat().st_mtime_ns for p in killed.glob("*/model.safetensors")} == models
     assert (killed / "report.html").stat().st_mtime_ns > report_before
+
+
+def _snapshot(run: Path) -> dict:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_failing_command_changes_nothing_in_the_run_folder(tmp_path):
+    """Its recipe included: a rejected value is not saved, so the next plain command does not trip on it again; a
+    command on a run that does not exist yet leaves no folder behind."""
+    run = tmp_path / "run"
+    cli("world", "--run", str(run), "--recipe", str(RECIPES / "tiny.yaml"))
+    before = _snapshot(run)
+    for args in (["sft", "--data", str(tmp_path / "missing.jsonl")], ["reward", "--preferences", str(tmp_path)],
+                 ["ppo", "--prompts", str(tmp_path / "none.jsonl")], ["pretrain", "--set", "pretrain.steps=-3"]):
+        out = cli(*args[:1], "--run", str(run), *args[1:], check=False)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert _snapshot(run) == before, args
+    fresh = tmp_path / "fresh"
+    out = cli("sft", "--run", str(fresh), "--data", str(tmp_path / "missing.jsonl"), check=False)
+    assert out.returncode == 2 and not fresh.exists()
+
+
+def test_a_setting_that_would_change_a_finished_stage_is_refused(tmp_path):
+    run = tmp_path / "run"
+    cli("world", "--run", str(run), "--recipe", str(RECIPES / "tiny.yaml"))
+    recipe = (run / "recipe.yaml").read_bytes()
+    out = cli("run", "--run", str(run), "--set", "world.seed=5", "--set", "pretrain.steps=10", check=False)
+    assert out.returncode == 2 and "world (world.seed)" in out.stderr and "pretrain" not in out.stderr.split("complete:")[1]
+    assert (run / "recipe.yaml").read_bytes() == recipe

@@ -264,3 +264,95 @@ def test_refusal_probability_sums_each_opening_once(chat_model):
                 logp = model(torch.tensor([ids + [t1, t2]])).logits[0].log_softmax(-1)
             want += math.exp(logp[len(ids) - 1, t1].item() + logp[len(ids), t2].item())
         assert p == pytest.approx(want, rel=1e-4) and 0 < p < 1
+
+
+# ----------------------------------------------------------------------------- recipes: what is refused, and where
+
+
+@pytest.mark.parametrize("override,where", [
+    ("model.n_heads=0", "model.n_heads"), ("model.d_model=-64", "model.d_model"), ("model.n_layers=0", "model.n_layers"),
+    ("model.max_seq_len=0", "model.max_seq_len"), ("pretrain.optim.lr=nan", "pretrain.optim.lr"),
+    ("pretrain.optim.lr=.inf", "pretrain.optim.lr"), ("pretrain.mixture={news: .nan}", "pretrain.mixture.news"),
+    ("pretrain.mixture={news: .inf}", "pretrain.mixture.news"), ("sft.lora.rank=-1", "sft.lora.rank"),
+    ("compute.parallel=zero", "compute.parallel"), ("ppo.optim.warmup_steps=-1", "ppo.optim.warmup_steps"),
+])
+def test_a_value_that_would_crash_later_is_refused_naming_its_field(override, where):
+    with pytest.raises(ConfigError) as e:
+        load_recipe(None, [override])
+    assert str(e.value).startswith(f"--set {override}:") and where in str(e.value), str(e.value)
+
+
+def test_a_partial_section_keeps_its_own_defaults():
+    """`pretrain.optim: {lr: ...}` keeps pretraining's warm-up and weight decay, not those of a bare OptimConfig."""
+    r = load_recipe(None, ["pretrain.optim.lr=1e-3", "ppo.optim.lr=2e-5"])
+    assert (r.pretrain.optim.lr, r.pretrain.optim.warmup_steps, r.pretrain.optim.weight_decay) == (1e-3, 30, 0.1)
+    assert (r.ppo.optim.lr, r.ppo.optim.min_lr_ratio) == (2e-5, 1.0)
+
+
+def test_overrides_are_judged_together_and_the_culprit_named():
+    r = load_recipe(None, ["pretrain.batch_size=8", "pretrain.micro_batch_size=4"])  # each alone would not divide
+    assert (r.pretrain.batch_size, r.pretrain.micro_batch_size) == (8, 4)
+    with pytest.raises(ConfigError, match=r"^--set pretrain.steps=0: pretrain.steps must be positive"):
+        load_recipe(None, ["pretrain.batch_size=8", "pretrain.micro_batch_size=4", "pretrain.steps=0"])
+
+
+def test_a_recipe_file_with_a_key_twice_or_bytes_that_are_not_utf8_is_an_error_naming_it(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("pretrain:\n  steps: 10\n  steps: 20\n")
+    with pytest.raises(ConfigError, match=rf"^{twice}:3: not valid YAML .*'steps' is given twice"):
+        load_recipe(twice)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("pretrain:\n  sample_prompts: ['caf\xe9']\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"^{latin}: not UTF-8"):
+        load_recipe(latin)
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_recipe(tmp_path)
+
+
+def test_omp_num_threads_is_respected():
+    import subprocess
+    import sys
+
+    code = "from chatforge import dist; dist.init(); import torch; print(torch.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.stdout.strip() == "1", out.stderr
+
+
+def test_metrics_with_a_torn_line_are_read_without_it(tmp_path):
+    from chatforge.train.loop import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n[1, 2]\n{"step": 3, "loss": 1.0}\n')
+    assert [r["step"] for r in read_metrics(path)] == [1, 3]
+
+
+def test_a_stage_whose_model_file_changed_is_named_not_loaded(tmp_path):
+    from chatforge.errors import DataError
+    from chatforge.io import atomic_write_json, file_digest, verified
+
+    stage = tmp_path / "sft"
+    stage.mkdir()
+    (stage / "model.safetensors").write_bytes(b"weights")
+    atomic_write_json(stage / "summary.json", {"files": {"model.safetensors": file_digest(stage / "model.safetensors")}})
+    assert verified(stage) and not verified(tmp_path / "absent")
+    (stage / "model.safetensors").write_bytes(b"weightz")
+    with pytest.raises(DataError, match=r"sft/model.safetensors: not the file this stage wrote"):
+        verified(stage)
+
+
+def test_the_results_card_reads_the_run_and_says_what_each_stage_added():
+    from chatforge.report.tables import results_card
+
+    def model(stage, gold):
+        return {"stage": stage, "qa": {"metrics": {"gold_reward": gold, "fact_covered": 0.5, "fact_heldout": 0.25,
+                                                   "dont_know": 0.1, "refusal": 0.8, "over_refusal": 0.05}}}
+
+    ppo = model("ppo", 0.8)
+    ppo["vs_sft"] = {"win_rate": {"all": {"win_rate": 0.6, "ci95": [0.55, 0.65], "wins": 30, "ties": 10, "losses": 10}},
+                     "gold_reward": {"delta": 0.1, "delta_ci95": [0.05, 0.15]}, "kl_to_sft": 0.5}
+    rm = {"pairwise_accuracy": {"all": 0.75}, "pairs": {"all": 100}, "best_of_k": {"share": 0.4}}
+    card = results_card([model("base", 0.0), model("sft", 0.7), ppo], rm, {"pretrain": 300.0, "sft": 61.0})
+    assert "| gold reward, held-out users | +0.000 | +0.700 | +0.800 |" in card
+    assert "win rate 60.0% [55.0%, 65.0%]" in card and "gold reward +0.100 [+0.050, +0.150]" in card
+    assert "75.0% pairwise accuracy" in card and "closes 40%" in card and "pretrain 5:00, sft 1:01; 6:01 in all" in card

@@ -21,6 +21,7 @@ from chatforge.answers import answer_prompts
 from chatforge.config import Recipe
 from chatforge.data.dialogues import padded, sft_dialogues
 from chatforge.data.prompts import encode_prompts, own_prompts, split_prompts
+from chatforge.eval.llm_judge import LLMJudge
 from chatforge.eval.policy import kl_to
 from chatforge.eval.stats import interval95, win_rate
 from chatforge.io import atomic_write_json
@@ -101,4 +102,8 @@ def against_sft(run_dir: Path, recipe: Recipe, model, tokenizer, prompts: list[d
     device = next(model.parameters()).device
     reference = load_causal_lm(Path(run_dir) / "sft", device, weights_dtype(device)).eval()
     out["kl_to_sft"] = round(kl_to(model, reference, tokenizer, prompts, recipe.ppo.max_new_tokens), 4)
+    if recipe.judge.enabled:  # a second opinion, from an LLM judge behind any OpenAI-compatible endpoint
+        items = [(p["messages"], result["answers"][p["id"]]["answer"], sft["answers"][p["id"]]["answer"])
+                 for p in prompts if p["id"] in sft["answers"]]
+        out["llm_judge"] = LLMJudge(recipe.judge, Path(run_dir) / "eval").win_rate(items)
     return out

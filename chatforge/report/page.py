@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import time
 from pathlib import Path
 from typing import Sequence
 
 from chatforge.errors import UserError
-from chatforge.io import atomic_write_text
+from chatforge.io import atomic_write_text, read_json
 from chatforge.report.tables import comparison_rows, format_vs_sft, own_rows, wrong_side
 from chatforge.train.loop import read_metrics
 
@@ -25,7 +24,7 @@ EVAL_STAGES = ("base", "sft", "ppo")
 
 
 def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    return read_json(path)
 
 
 def _png(fig) -> str:

@@ -113,8 +113,14 @@ def own_rows(results: list[dict]) -> list[tuple[str, list[str]]]:
             ("answer length (tokens)", [f"{r['length']:.1f}" for r in results]),
             ("held-out SFT loss", [f"{r['heldout_sft_loss']:.3f}" if "heldout_sft_loss" in r else "-" for r in results]),
             ("RM win rate vs SFT", [vs(r, "win", "") for r in results]),
+            ("LLM judge win rate vs SFT", [_llm(r) for r in results]),
             ("KL to SFT (nats)", [vs(r, "kl_to_sft", "{:.2f}") for r in results])]
     return rows
+
+
+def _llm(result: dict) -> str:
+    j = result.get("vs_sft", {}).get("llm_judge")
+    return f"{j['win_rate']:.1%} [{j['ci95'][0]:.1%}, {j['ci95'][1]:.1%}]" if j and j.get("win_rate") is not None else "-"
 
 
 def format_own_comparison(results: list[dict]) -> str:

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from chatforge import dist
 from chatforge.config import OptimConfig
-from chatforge.io import atomic_write_json, atomic_write_text
+from chatforge.errors import DataError
+from chatforge.io import atomic_write_json, atomic_write_text, file_digest
 
 # ----------------------------------------------------------------------------- optimisation
 
@@ -177,19 +178,28 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load(self, model: torch.nn.Module, optimizers: dict) -> dict:
+        """Restore model, optimizers and RNG from the newest checkpoint; returns its state. A checkpoint that cannot
+        be read back (a damaged disk, a file edited by hand) is a DataError that says how to start over."""
         path = self.latest()
         assert path is not None, "load() called without a checkpoint"
-        saved = load_file(str(path / "model.safetensors"))
-        assert set(saved) == set(trained_weights(model)), f"{path}: the checkpoint does not fit the model"
+        try:
+            saved = load_file(str(path / "model.safetensors"))
+            tensors = load_file(str(path / "optimizer.safetensors"))
+            skeleton = json.loads((path / "optimizer.json").read_text())
+            state = json.loads((path / "state.json").read_text())
+        except Exception as e:  # noqa: BLE001 - safetensors and json raise their own kinds; all mean "damaged"
+            raise DataError(f"{path}: the checkpoint cannot be read ({str(e).splitlines()[0][:120]}); delete "
+                            f"{self.root} to start the stage from the beginning") from None
+        if set(saved) != set(trained_weights(model)):
+            raise DataError(f"{path}: the checkpoint does not fit the model (another recipe made it); delete "
+                            f"{self.root} to start the stage from the beginning")
         model.load_state_dict(saved, strict=False)
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        skeleton = json.loads((path / "optimizer.json").read_text())
         for key, opt in optimizers.items():
             opt.load_state_dict(_unflatten(skeleton[key], tensors))
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
-        return json.loads((path / "state.json").read_text())
+        return state
 
 
 # ----------------------------------------------------------------------------- logging
@@ -231,10 +241,17 @@ def progress(total: int, initial: int, desc: str):
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line torn by a kill is left out."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except (json.JSONDecodeError, RecursionError):
+            continue
+    return [r for r in records if isinstance(r, dict)]
 
 
 # ----------------------------------------------------------------------------- the frame of a training stage
@@ -289,7 +306,8 @@ class StageRun:
         self.bar.close()
         if dist.get().is_main:
             save(self.dir)
-            atomic_write_json(self.dir / "summary.json", {"stage": self.name, **summary})
+            files = {p.name: file_digest(p) for p in sorted(self.dir.glob("*.safetensors"))}
+            atomic_write_json(self.dir / "summary.json", {"stage": self.name, **summary, "files": files})
             shutil.rmtree(self.ckpt.root, ignore_errors=True)  # the model is saved: resuming is over
             print(f"{self.name}: done, {self.dir} ({message})", flush=True)
         dist.barrier()

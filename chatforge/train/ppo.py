@@ -48,7 +48,7 @@ from chatforge.io import atomic_write_bytes
 from chatforge.model import (
     CAUSAL_LM, load_causal_lm, load_sequence_classifier, memory_savers, save_pretrained, weights_dtype, with_lora,
 )
-from chatforge.paths import has_world, world_data
+from chatforge.paths import has_corpus, has_world, world_data
 from chatforge.scoring import (
     TokenValues, answer_ids, answer_logits, answer_values, entropy_of, kl_k1, kl_k3, layout, load_reward_model,
     next_token_loss, rewards_of_seqs, token_logprobs,
@@ -535,8 +535,12 @@ def _scorer(cfg: PPOConfig, models: Models, judge: Judge | None, prompts: list[d
     return JudgeScorer(judge, cfg.unfinished_penalty)
 
 
-def _ptx_sampler(run_dir: Path, recipe: Recipe, tokenizer) -> MixtureSampler:
-    # Windows of the pretraining mixture in an order of their own (not pretraining's, not SFT replay's).
+def _ptx_sampler(run_dir: Path, recipe: Recipe, tokenizer) -> MixtureSampler | None:
+    """Windows of the pretraining mixture in an order of their own (not pretraining's, not SFT replay's); None, and
+    plain PPO, where the run has no pretraining text (your own model, no pretrain.corpus)."""
+    if not has_corpus(run_dir, recipe.pretrain.corpus):
+        dist.print0("ppo: no pretraining corpus in this run, so no PPO-ptx (ppo.ptx_coef is ignored)")
+        return None
     sampler, _ = load_mixture(corpus_dir(run_dir, recipe.pretrain.corpus), token_cache(run_dir), tokenizer,
                               recipe.pretrain.mixture, recipe.ppo.ptx_len, recipe.ppo.seed + 2)
     dist.print0(f"ppo: ptx mixture {sampler.describe()}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from chatforge import dist
-from chatforge.config import PretrainConfig, Recipe
+from chatforge.config import PretrainConfig, Recipe, check_context
 from chatforge.data.corpus import corpus_dir, token_cache
 from chatforge.data.mixture import eval_windows, load_mixture
 from chatforge.errors import ConfigError, UserError
@@ -39,6 +39,7 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
                                         cfg.seq_len, cfg.seed)
     dist.print0(f"pretrain: mixture {sampler.describe()}")
     model = _init_model(recipe, tokenizer).to(d.device)
+    check_context("pretrain.seq_len", cfg.seq_len, model.config.max_position_embeddings)
     optimizer = make_optimizer(model, cfg.optim)
     frame = StageRun("pretrain", out, total=cfg.steps, save_every=cfg.save_every)
     state = frame.start(model, {"adamw": optimizer}, {"step": 0, "tokens": 0, "seconds": 0.0},

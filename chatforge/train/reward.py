@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
 from chatforge import dist
-from chatforge.config import ComputeConfig, Recipe, RewardConfig
+from chatforge.config import ComputeConfig, Recipe, RewardConfig, check_context
 from chatforge.data.rankings import Ranking, read_rankings, split_by_user
 from chatforge.errors import UserError
 from chatforge.paths import rankings_path
@@ -125,6 +126,9 @@ def load_rankings(run_dir: Path, cfg: RewardConfig) -> tuple[Path, list[Ranking]
     rankings, report = read_rankings(path, skip_invalid=cfg.skip_invalid)
     if report.get("skipped"):
         dist.print0(f"reward: skipped {report['skipped']} invalid rankings in {path}; first: {report['first_errors'][:1]}")
+    if not any(len(set(r.ranks)) > 1 for r in rankings):
+        raise UserError(f"{path}: every one of its {len(rankings)} rankings ties all its answers, so there is no "
+                        f"pair to learn a preference from")
     train, heldout = split_by_user(rankings, cfg.heldout_users, cfg.seed)
     if not train or not heldout:
         raise UserError(f"{path}: {len(rankings)} rankings from too few users to hold some out "
@@ -144,6 +148,7 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     if not (sft_dir / "config.json").exists():
         raise UserError(f"{sft_dir}: no SFT model to start the reward model from (run `chatforge sft` first)")
     tokenizer = load_tokenizer(sft_dir)
+    check_context("reward.max_len", cfg.max_len, AutoConfig.from_pretrained(str(sft_dir)).max_position_embeddings)
     train = [Encoded(r, tokenizer, cfg.max_len) for r in train_r]
     held = [Encoded(r, tokenizer, cfg.max_len) for r in held_r]
     if cfg.batch_size % d.world_size:

@@ -22,9 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from chatforge import dist
-from chatforge.config import ComputeConfig, Recipe, SFTConfig
+from chatforge.config import ComputeConfig, Recipe, SFTConfig, check_context
 from chatforge.data.dialogues import padded, sft_dialogues
 from chatforge.data.corpus import corpus_dir, token_cache
 from chatforge.data.mixture import MixtureSampler, load_mixture
@@ -47,6 +48,7 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
         raise UserError(f"{base_dir}: no base model to fine-tune (run `chatforge pretrain --run {run_dir}` first, "
                         f"or give your own with --base-model)")
     tokenizer = load_tokenizer(base_dir)
+    check_context("sft.max_len", cfg.max_len, AutoConfig.from_pretrained(str(base_dir)).max_position_embeddings)
     if not cfg.data and not has_world(run_dir):
         return _adopt(base_dir, tokenizer, out, d)
     train, val = sft_dialogues(run_dir, cfg, tokenizer)

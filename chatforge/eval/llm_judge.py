@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatforge.config import LLMJudgeConfig
 from chatforge.errors import ConfigError
-from chatforge.llm import ENV_NAME, LLMClient
+from chatforge.eval.stats import interval95
+from chatforge.llm import LLMClient
 
 TEMPERATURE = 0.0  # the judge's most likely verdict: sampling would only add noise to the win rate
 
@@ -39,43 +41,6 @@ Better: B
 Better: tie"""
 
 VERDICT_LINE = re.compile(r"Better: (A|B|tie)")
-
-
-@dataclass
-class LLMJudgeConfig:
-    """The `judge` section of a recipe. With `endpoint` empty (the default) no LLM judge is used."""
-
-    endpoint: str = ""  # base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1; "" = unused
-    model: str = ""  # the model name to send, as the endpoint knows it
-    api_key_env: str = ""  # NAME of the environment variable holding the API key ("" sends none); never the key
-    max_concurrency: int = 4  # requests in flight at once
-    requests_per_second: float = 2.0  # over all threads together; 0 = no limit (e.g. your own local server)
-    timeout_s: float = 120.0  # per request; a timed-out request is retried with backoff
-    max_tokens: int = 512  # room for a few sentences of reasoning and the verdict line
-    cache: str = "llm_judge.jsonl"  # file name of the reply cache, kept in the evaluation's directory
-
-    def __post_init__(self):
-        if self.endpoint and not re.match(r"https?://", self.endpoint):
-            raise ConfigError(f"judge.endpoint must start with http:// or https://, got {self.endpoint!r}")
-        if self.endpoint and not self.model:
-            raise ConfigError("judge.model must name the model to ask when judge.endpoint is set")
-        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):
-            # Not echoed: a value that is no variable name is most likely the key itself.
-            raise ConfigError("judge.api_key_env must be the NAME of an environment variable that holds the key "
-                              "(e.g. OPENAI_API_KEY), not the key itself")
-        for name in ("max_concurrency", "max_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"judge.{name} must be at least 1, got {getattr(self, name)}")
-        if self.requests_per_second < 0:
-            raise ConfigError(f"judge.requests_per_second must be >= 0 (0: no limit), got {self.requests_per_second}")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"judge.timeout_s must be positive, got {self.timeout_s}")
-        if not self.cache or "/" in self.cache or "\\" in self.cache:
-            raise ConfigError(f"judge.cache must be a file name (no folder), got {self.cache!r}")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -131,15 +96,6 @@ def as_answer(letter: str | None, a_shown_first: bool) -> str | None:
     if letter is None or letter == "tie":
         return letter
     return {"A": "a", "B": "b"}[letter] if a_shown_first else {"A": "b", "B": "a"}[letter]
-
-
-def interval95(xs: list[float]) -> tuple[float, float]:
-    """A 95% interval for the mean of xs, one value per prompt: mean ± 1.96 standard errors (the normal
-    approximation), the same as the evaluation's own win rates use, so the two can be read side by side."""
-    n = len(xs)
-    mean = sum(xs) / n
-    se = (sum((x - mean) ** 2 for x in xs) / max(n - 1, 1) / n) ** 0.5
-    return round(mean - 1.96 * se, 4), round(mean + 1.96 * se, 4)
 
 
 def summarize(verdicts: Sequence[Verdict]) -> dict:
