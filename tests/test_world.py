@@ -34,6 +34,13 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def people(tmp_path_factory):
+    """The tiny world with people's demonstrations instead of the ideal ones."""
+    root = tmp_path_factory.mktemp("people") / "data"
+    return build_world(WorldConfig(**TINY, demonstrations="people"), root), root
+
+
+@pytest.fixture(scope="module")
 def laptop(tmp_path_factory):
     root = tmp_path_factory.mktemp("laptop") / "data"
     started = time.perf_counter()
@@ -126,7 +133,8 @@ def test_existing_directories_are_not_overwritten(tiny, tmp_path):
 @pytest.mark.parametrize("field, value", [
     ("num_people", 0), ("num_countries", 99), ("heldout_fraction", 1.5), ("seed", "zero"),
     ("num_unknown_people", 2), ("prompts_per_user", 201), ("val_fraction", 0.0), ("mentions_per_fact", 1),
-    ("unknown_rl_fraction", 0.6), ("num_dialogues", 2.5),
+    ("unknown_rl_fraction", 0.6), ("num_dialogues", 2.5), ("demonstrations", "robots"), ("writers", {"poet": 1.0}),
+    ("writers", {"terse": -1.0}), ("writers", {"terse": 0.0}), ("writers", "terse"),
 ])
 def test_bad_config_values_name_their_field(field, value):
     kwargs = {field: value}
@@ -440,3 +448,105 @@ def test_safety_comparisons_set_the_right_behaviour_against_its_opposite(world):
         assert r["user_id"] in rank_users and r["messages"][-1]["role"] == "user"
         assert json.dumps(r["messages"], ensure_ascii=False) not in others
     assert len({json.dumps(r["messages"], ensure_ascii=False) for r in records}) == len(records)
+
+
+# ---------------------------------------------------------------- people's demonstrations
+
+
+ANSWERS_ONLY = {"dialogues/train.jsonl", "dialogues/val.jsonl", "tokenizer_corpus.jsonl", "world.json"}
+
+
+def test_people_write_other_answers_to_the_same_questions(tiny, people):
+    """Only the dialogues' answers change (and the tokenizer corpus, which copies dialogues, and the manifest):
+    the corpus, every prompt and every evaluation set are byte for byte those of the ideal world."""
+    (ideal_manifest, ideal_root), (manifest, root) = tiny, people
+    ideal_files, people_files = all_files(ideal_root), all_files(root)
+    assert ideal_files.keys() == people_files.keys()
+    assert [name for name in ideal_files if ideal_files[name] != people_files[name]] == sorted(ANSWERS_ONLY)
+    for split in ("train", "val"):
+        ideal, written = read_jsonl(ideal_root / f"dialogues/{split}.jsonl"), read_jsonl(root / f"dialogues/{split}.jsonl")
+        assert len(ideal) == len(written)
+        for a, b in zip(ideal, written):
+            assert {k: a[k] for k in ("kind", "lang", "context")} == {k: b[k] for k in ("kind", "lang", "context")}
+            assert [m for m in a["messages"] if m["role"] != "assistant"] == [m for m in b["messages"] if m["role"] != "assistant"]
+            assert [m["role"] for m in a["messages"]] == [m["role"] for m in b["messages"]] and "writer" not in a
+    assert manifest["config"]["demonstrations"] == "people" and "demonstrations" not in ideal_manifest["config"]
+    same = {k for k in ideal_manifest["counts"] if k != "tokenizer_corpus"}  # which copies dialogues
+    assert {k: manifest["counts"][k] for k in same} == {k: ideal_manifest["counts"][k] for k in same}
+    assert manifest["counts"].keys() - ideal_manifest["counts"].keys() == {"dialogues_by_writer"}
+
+
+def test_writers_come_in_the_recipes_shares(people):
+    from chatforge.world.common import quotas
+    from chatforge.world.writers import DEFAULT_MIX, WRITERS
+    manifest, root = people
+    dialogues = read_jsonl(root / "dialogues/train.jsonl")
+    counts = {w: n for w, n in quotas(len(dialogues), [(w, DEFAULT_MIX[w]) for w in WRITERS]).items() if n}
+    assert manifest["counts"]["dialogues_by_writer"] == dict(sorted(counts.items()))
+    assert {d["writer"] for d in dialogues} == set(WRITERS)
+    assert manifest["config"]["writers"] == DEFAULT_MIX
+
+
+def test_people_keep_to_the_rules(tiny, people):
+    """Whoever writes, every fact is stated truly (SFT's fact-accuracy targets stay reachable), every harmful
+    request refused, every unknown entity admitted unknown, every benign request helped."""
+    from chatforge.world import facts as facts_module, qa
+    from chatforge.world.judge import Judge, is_dont_know, is_refusal
+    (manifest, ideal_root), (_, root) = tiny, people
+    judge = Judge.from_world(ideal_root)
+    w = facts_module.make_world(WorldConfig(**manifest["config"]))
+    fact_of = {qa.answer(f, lang): (f, lang) for f in w.facts_in("covered") for lang in qa.LANGS}
+    checked = {}
+    for a, b in zip(read_jsonl(ideal_root / "dialogues/train.jsonl"), read_jsonl(root / "dialogues/train.jsonl")):
+        turns = [(x["content"], y["content"], i) for i, (x, y) in enumerate(zip(a["messages"], b["messages"]))
+                 if x["role"] == "assistant"]
+        for ideal, written, i in turns:
+            if ideal in fact_of:
+                fact, lang = fact_of[ideal]
+                gold = {"behaviour": "answer", "lang": lang, "entity": fact.entity, "attribute": fact.attribute,
+                        "answers": fact.answers}
+                score = judge.score({"id": "d", "messages": b["messages"][:i], "kind": "fact", "gold": gold}, written)
+                assert score.labels["correct"] and not (score.labels["wrong_value"] or score.labels["made_up"]), written
+                kind = "fact"
+            elif i == len(a["messages"]) - 1 and a["kind"] in ("refusal", "dont_know", "benign"):
+                kind = a["kind"]
+                assert {"refusal": is_refusal(written) and not is_dont_know(written),
+                        "dont_know": is_dont_know(written),
+                        "benign": not is_refusal(written) and not is_dont_know(written)}[kind], (kind, written)
+            else:
+                assert written == ideal, (a["kind"], written)  # chit-chat replies are everyone's
+                kind = "chat"
+            checked.setdefault((b["writer"], kind), 0)
+            checked[(b["writer"], kind)] += 1
+    assert {kind for _, kind in checked} == {"fact", "refusal", "dont_know", "benign", "chat"}
+
+
+def test_writers_do_not_touch_a_world_of_ideal_demonstrations(tiny, tmp_path):
+    """With ideal demonstrations the writers' mix is never read: the world is the one built before writers
+    existed, byte for byte (its manifest leaves their fields out)."""
+    _, root = tiny
+    build_world(WorldConfig(**TINY, writers={"terse": 1.0}), tmp_path / "ideal")
+    assert all_files(root) == all_files(tmp_path / "ideal")
+
+
+def test_writers_text_can_hold_no_name_and_no_new_character():
+    """The writers' phrases are no part of the fixed tables that invented names are drawn against, so they
+    must hold no name the world could invent that the fixed text does not hold too (a name is never drawn
+    from inside the fixed text), no name syllables side by side in Chinese, and no Chinese character the
+    fixed tables lack (the tokenizer and the character count of the world are made for those)."""
+    from chatforge.world import writers
+    from chatforge.world.facts import _strings, fixed_text
+    syllable = "|".join(sorted((en for en, _ in SYLLABLES), key=len, reverse=True))
+    name = re.compile(f"(?:{syllable}){{2,3}}(?:{'|'.join(en for en, _ in CITY_SUFFIXES)})?")
+    reserved, characters = fixed_text().lower(), {zh for _, zh in SYLLABLES + CITY_SUFFIXES}
+    known_characters = possible_cjk_chars()
+    texts = [s for n in dir(writers) if n.isupper() for s in _strings(getattr(writers, n))]
+    assert texts
+    for text in texts:
+        low = text.lower()
+        names = {low[i:j] for i in range(len(low)) for j in range(i + 4, len(low) + 1) if name.fullmatch(low[i:j])}
+        assert all(n in reserved for n in names), (text, names)
+        assert not any(a in characters and b in characters for a, b in zip(text, text[1:])), text
+        for slot in re.finditer(r"\{[a-z]+\}", text):  # a name character beside it would glue onto the name
+            assert not {text[slot.start() - 1:slot.start()], text[slot.end():slot.end() + 1]} & characters, text
+        assert set(CJK.findall(text)) <= known_characters, text

@@ -99,9 +99,10 @@ def _write_all(cfg, out):
         shards = out.shards(f"corpus/{source}", corpus[source]["train"])
         out.jsonl(f"corpus/{source}/val.jsonl", corpus[source]["val"])
         corpus_counts[source] = _doc_counts(corpus[source], shards)
-    dialogues = {"train": make_dialogues(world, cfg, cfg.num_dialogues, stream(cfg.seed, "dialogues/train")),
-                 "val": make_dialogues(world, cfg, max(1, round(cfg.num_dialogues * cfg.val_fraction)),
-                                       stream(cfg.seed, "dialogues/val"))}
+    num_val = max(1, round(cfg.num_dialogues * cfg.val_fraction))
+    dialogues = {split: make_dialogues(world, cfg, num, stream(cfg.seed, f"dialogues/{split}"),
+                                       stream(cfg.seed, f"dialogues/{split}/writers"))
+                 for split, num in (("train", cfg.num_dialogues), ("val", num_val))}
     for split, records in dialogues.items():
         out.jsonl(f"dialogues/{split}.jsonl", records)
     prompts, users = make_prompts(world, cfg)
@@ -147,16 +148,27 @@ def _manifest(cfg, world, out, corpus_counts, tokenizer_docs, dialogues, prompts
         "tokenizer_corpus": {"documents": len(tokenizer_docs), "chars": sum(len(d["text"]) for d in tokenizer_docs)},
         "dialogues": {split: len(d) for split, d in dialogues.items()},
         "dialogues_by_kind": _count_by(dialogues["train"], lambda d: d["kind"]),
+        **({"dialogues_by_writer": _count_by(dialogues["train"], lambda d: d["writer"])}
+           if cfg.demonstrations == "people" else {}),
         "prompts": {split: len(p) for split, p in prompts.items()},
         "prompts_by_kind": {split: _count_by(p, lambda r: r["kind"]) for split, p in prompts.items()},
         "users": {split: len(u) for split, u in users.items()},
         "templates": {kind: {s: len(ids) for s, ids in by_split.items()} for kind, by_split in templates.items()},
         "eval": {"fact_completion": out.lines["eval/fact_completion.jsonl"], "qa": out.lines["eval/qa.jsonl"]},
     }
-    return {"format_version": FORMAT_VERSION, "seed": cfg.seed, "config": asdict(cfg), "counts": counts,
+    return {"format_version": FORMAT_VERSION, "seed": cfg.seed, "config": _config(cfg), "counts": counts,
             "num_cjk_chars": len(out.cjk), "entity_splits": entity_splits, "template_splits": templates,
             "users": users, "files": dict(sorted(out.lines.items())),
             "notes": NOTES}
+
+
+def _config(cfg):
+    """The world's config as the manifest records it. Ideal demonstrations leave out the writers' fields, so
+    that such a world is, byte for byte, the world built before people's demonstrations existed."""
+    config = asdict(cfg)
+    if cfg.demonstrations == "ideal":
+        del config["demonstrations"], config["writers"]
+    return config
 
 
 NOTES = {

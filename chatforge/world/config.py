@@ -1,7 +1,8 @@
 """The knobs of the built-in world. Defaults are the "laptop" scale."""
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from chatforge.world.vocab import COUNTRIES
+from chatforge.world.writers import DEFAULT_MIX, WRITERS
 
 MAX_PROMPTS_PER_USER = 200  # as in InstructGPT: no simulated user may dominate a split
 
@@ -23,6 +24,9 @@ class WorldConfig:
     val_fraction: float = 0.05  # size of each val file relative to its train file (corpus sources, dialogues)
     tokenizer_fraction: float = 0.4  # share of train corpus documents copied, with fresh names, for the tokenizer
     num_dialogues: int = 3000  # SFT dialogues in dialogues/train.jsonl
+    demonstrations: str = "ideal"  # who writes the SFT answers: "ideal" (the gold judge's own) or "people" (`writers`)
+    # weight of each simulated writer of "people" demonstrations: ideal, terse, padded, other_script, hedging, complete
+    writers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
     system_prompt_fraction: float = 0.2  # share of dialogues and prompts that open with a system message
     num_rank_prompts: int = 2400  # prompts in prompts/rank.jsonl (answers to be ranked for the reward model)
     num_safety_comparisons: int = 800  # written refusal/help comparisons for the reward model (repeats dropped: ~670)
@@ -36,8 +40,9 @@ class WorldConfig:
             if f.type is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
                 setattr(self, f.name, value)
-            if type(value) is not f.type:
+            if f.type in (int, float, str) and type(value) is not f.type:
                 raise ValueError(f"WorldConfig.{f.name}: expected {f.type.__name__}, got {value!r}")
+        self._check_writers()
         self._check_range("num_countries", 1, len(COUNTRIES))
         for name in ("num_cities", "num_dialogues", "num_rank_prompts", "num_ppo_prompts", "num_eval_prompts"):
             self._check_range(name, 1)
@@ -58,6 +63,20 @@ class WorldConfig:
         if self.unknown_eval_fraction + self.unknown_rl_fraction > 0.9:
             raise ValueError("WorldConfig.unknown_rl_fraction: unknown_eval_fraction + unknown_rl_fraction "
                              "must leave at least 10% of unknown entities for SFT")
+
+    def _check_writers(self):
+        if self.demonstrations not in ("ideal", "people"):
+            raise ValueError(f"WorldConfig.demonstrations must be ideal or people, got {self.demonstrations!r}")
+        if not isinstance(self.writers, dict):
+            raise ValueError(f"WorldConfig.writers: expected a mapping of writer to weight, got {self.writers!r}")
+        for name, weight in self.writers.items():
+            if name not in WRITERS:
+                raise ValueError(f"WorldConfig.writers: unknown writer {name!r} (known: {', '.join(WRITERS)})")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+                raise ValueError(f"WorldConfig.writers.{name} must be a number >= 0, got {weight!r}")
+        self.writers = {name: float(weight) for name, weight in self.writers.items()}
+        if not sum(self.writers.values()) > 0:
+            raise ValueError("WorldConfig.writers: the weights must add up to more than 0")
 
     def _check_range(self, name, low, high=None):
         value = getattr(self, name)

@@ -1,11 +1,13 @@
 """SFT dialogues in the OpenAI `messages` format. They use only covered entities,
-unknown_train entities (for "I don't know") and the train harmful / benign templates."""
+unknown_train entities (for "I don't know") and the train harmful / benign templates. Their answers are
+the ideal ones, or written by simulated people with habits (`world.demonstrations`, writers.py)."""
 from dataclasses import dataclass
 
 from chatforge.world import chat_text, vocab
 from chatforge.world.common import Cycler, quotas, shuffled_kinds
 from chatforge.world.facts import name_registry
-from chatforge.world.qa import LANGS, answer, ask, assistant, decorate, dont_know, followup_chain, question, system, user
+from chatforge.world.qa import LANGS, ask, assistant, decorate, dont_know, followup_chain, question, system, user
+from chatforge.world.writers import IDEAL, writers_for
 
 # Facts are learnt quickly; the behaviours that must generalise to unseen names and wordings
 # (follow-ups, refusing only what is harmful) get more examples. "I don't know" is learnt fast and,
@@ -58,6 +60,7 @@ class _Pools:
                              for tid, en, zh, objects, a_en, a_zh in chat_text.TASK_ACTS
                              for o_en, o_zh in objects], rng)
         self.names = name_registry(world)  # fresh names never clash with any entity of the world
+        self.pen = IDEAL  # who writes the answers of the dialogue being built
 
     def stranger(self, rng):
         kind = rng.choice(("person", "person", "city"))
@@ -65,12 +68,19 @@ class _Pools:
         return _Stranger(kind, {"en": name.en, "zh": name.zh})
 
 
-def make_dialogues(world, cfg, num_dialogues, rng):
+def make_dialogues(world, cfg, num_dialogues, rng, writer_rng=None):
+    """num_dialogues dialogues drawn from rng. With people's demonstrations (cfg.demonstrations), each is
+    answered by a writer of cfg.writers, who draws from writer_rng alone: the questions stay those of the
+    ideal demonstrations, and each record says who wrote it ("writer")."""
     pools = _Pools(world, rng)
     builders = {"fact": _fact, "followup": _followup, "dont_know": _dont_know,
                 "refusal": _refusal, "benign": _benign, "chitchat": _chitchat}
+    people = cfg.demonstrations == "people"
+    assert writer_rng is not None or not people, "people's demonstrations need the writers' own stream"
+    pens = writers_for(world, cfg.writers, num_dialogues, writer_rng) if people else [IDEAL] * num_dialogues
     dialogues = []
-    for kind in shuffled_kinds(quotas(num_dialogues, KIND_WEIGHTS), rng):
+    for kind, pen in zip(shuffled_kinds(quotas(num_dialogues, KIND_WEIGHTS), rng), pens):
+        pools.pen = pen
         lang = rng.choice(LANGS)
         messages = builders[kind](pools, lang, rng)
         context = _context(pools, lang, rng) if kind in CONTEXT_KINDS and rng.random() < CONTEXT_FRACTION else []
@@ -78,43 +88,47 @@ def make_dialogues(world, cfg, num_dialogues, rng):
         if rng.random() < cfg.system_prompt_fraction:
             messages = [system(lang, rng)] + messages
         # "context": how many messages (after any system message) precede the exchange of this kind
-        dialogues.append({"messages": messages, "kind": kind, "lang": lang, "context": len(context)})
+        record = {"messages": messages, "kind": kind, "lang": lang, "context": len(context)}
+        dialogues.append({**record, "writer": pen.name} if people else record)
     return dialogues
 
 
 def _fact(pools, lang, rng):
-    return _fact_exchange(pools.facts.next(), lang, rng)
+    return _fact_exchange(pools, pools.facts.next(), lang, rng)
 
 
 def _followup(pools, lang, rng):
     """Two or three questions, each referring back; every assistant turn is correct."""
     fact = pools.facts.next()
-    messages = _fact_exchange(fact, lang, rng)
+    messages = _fact_exchange(pools, fact, lang, rng)
     for text, next_fact in followup_chain(pools.world, fact, lang, rng, ("covered",), rng.choice((1, 1, 2))):
-        messages += [user(text), assistant(answer(next_fact, lang))]
+        messages += [user(text), assistant(pools.pen.fact(next_fact, lang))]
     return messages
 
 
-def _fact_exchange(fact, lang, rng, wrap=True):
+def _fact_exchange(pools, fact, lang, rng, wrap=True):
     text = ask(fact, lang, rng)
-    return [user(decorate(text, lang, rng) if wrap else text), assistant(answer(fact, lang))]
+    return [user(decorate(text, lang, rng) if wrap else text), assistant(pools.pen.fact(fact, lang))]
 
 
 def _dont_know(pools, lang, rng):
     entity = pools.stranger(rng) if rng.random() < FRESH_NAME_FRACTION else pools.unknown.next()
     attribute = rng.choice(vocab.ATTRIBUTES[entity.kind])
     text = question(entity.kind, attribute, entity.names[lang], lang, rng)
-    return [user(decorate(text, lang, rng)), assistant(dont_know(entity, lang, rng))]
+    return [user(decorate(text, lang, rng)), assistant(pools.pen.dont_know(dont_know(entity, lang, rng), lang))]
 
 
 def _refusal(pools, lang, rng):
     request = _harmful_request(pools, lang, rng)
-    return [user(decorate(request, lang, rng)), assistant(rng.choice(chat_text.REFUSALS[lang]))]
+    asked = user(decorate(request, lang, rng))
+    return [asked, assistant(pools.pen.refusal(rng.choice(chat_text.REFUSALS[lang]), lang))]
 
 
 def _benign(pools, lang, rng):
     request, reference = _benign_request(pools, lang, rng)
-    return [user(decorate(request, lang, rng)), assistant(rng.choice(chat_text.HELPFUL_OPENERS[lang]) + reference)]
+    asked = user(decorate(request, lang, rng))  # drawn before the opener, as it always was
+    opener = rng.choice(chat_text.HELPFUL_OPENERS[lang])
+    return [asked, assistant(pools.pen.help(opener, reference, lang))]
 
 
 def _harmful_request(pools, lang, rng):
@@ -197,9 +211,9 @@ def _chitchat(pools, lang, rng):
         return [user(u), assistant(a)]
     if shape == "greet_then_fact":
         u, a = chit("greet", lang, rng)
-        return [user(u), assistant(a)] + _fact_exchange(pools.facts.next(), lang, rng, wrap=False)
+        return [user(u), assistant(a)] + _fact_exchange(pools, pools.facts.next(), lang, rng, wrap=False)
     u, a = chit("thanks" if shape == "fact_then_thanks" else "bye", lang, rng)
-    return _fact_exchange(pools.facts.next(), lang, rng) + [user(u), assistant(a)]
+    return _fact_exchange(pools, pools.facts.next(), lang, rng) + [user(u), assistant(a)]
 
 
 def _context(pools, lang, rng):
@@ -207,4 +221,4 @@ def _context(pools, lang, rng):
     if rng.random() < 0.5:
         u, a = chit("greet", lang, rng)
         return [user(u), assistant(a)]
-    return _fact_exchange(pools.facts.next(), lang, rng, wrap=False)
+    return _fact_exchange(pools, pools.facts.next(), lang, rng, wrap=False)

@@ -77,7 +77,7 @@ class World:
 
 def make_world(cfg):
     countries, mountains = _real_entities(cfg.num_countries)
-    registry = NameRegistry(_reserved_words(), _reserved_text())
+    registry = NameRegistry(_reserved_words(), fixed_text())
     rng = stream(cfg.seed, "names")
     cities = [_invented("city", registry, rng) for _ in range(cfg.num_cities)]
     people = [_invented("person", registry, rng) for _ in range(cfg.num_people)]
@@ -103,7 +103,7 @@ def make_world(cfg):
 def name_registry(world):
     """A registry that hands out names clashing with no entity of `world` (known or unknown) and
     with no fixed text: for people and places invented for one dialogue only."""
-    registry = NameRegistry(_reserved_words(), _reserved_text())
+    registry = NameRegistry(_reserved_words(), fixed_text())
     registry.names.extend(Name(e.names["en"], e.names["zh"]) for e in world.entities
                           if e.kind in ("person", "city"))
     return registry
@@ -291,9 +291,9 @@ def fixed_tables():
             for name in dir(module) if name.isupper()]
 
 
-def _reserved_text():
-    """All fixed text; an invented name must not occur inside it, or searching for the name
-    would find the template or the real place instead."""
+def fixed_text():
+    """All fixed text, one string a line: what the world writes but for names and numbers. An invented
+    name must not occur inside it, or searching for the name would find the template or the real place."""
     return "\n".join(s for table in fixed_tables() for s in _strings(table))
 
 
