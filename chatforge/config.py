@@ -212,13 +212,16 @@ class SampleConfig:
 class RankConfig:
     """`chatforge rank`: on the built-in world, simulated annotators (the gold judge with noise) rank the answers."""
 
-    annotator_noise: float = 0.05  # std of the noise each annotator adds to the gold score
+    annotator_noise: float = 0.05  # std of the noise each annotator adds to the gold score they rank by
+    # std of the noise on the judge's components they rate 1-7 by (a point of the scale is a third of a component):
+    # people's ratings disagree more than their orders do
+    rating_noise: float = 0.15
     num_annotators: int = 8  # each ranking records which one made it
     seed: int = 4321
 
     def __post_init__(self):
-        if not self.annotator_noise >= 0 or self.num_annotators <= 0:
-            raise ConfigError("rank.annotator_noise must be >= 0 and rank.num_annotators positive")
+        if not (self.annotator_noise >= 0 and self.rating_noise >= 0) or self.num_annotators <= 0:
+            raise ConfigError("rank.annotator_noise and rank.rating_noise must be >= 0, rank.num_annotators positive")
 
 
 @dataclass

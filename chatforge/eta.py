@@ -11,7 +11,10 @@ and settles after the first stages).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from chatforge.config import Recipe
+from chatforge.io import read_json
 
 # Shares of the fp32 matmul ceiling, fitted to a fresh clone's `make demo` of the laptop recipe on 2 CPU
 # cores (ceiling 198 GFLOP/s when the run started; pretraining took 5:52, SFT 2:25, sampling 0:50, the
@@ -26,12 +29,23 @@ COMPILE = 26  # seconds torch.compile takes once, where a stage compiles
 def forward_flops_per_token(recipe: Recipe, context: int) -> float:
     """2 FLOPs per matmul parameter (attention projections, MLP, unembedding) plus the attention scores and
     values over `context` tokens, for one token's forward pass: a third of `model.train_flops_per_token`,
-    counted from the recipe alone, before any model is built."""
+    counted before any model is loaded, from the recipe or from your own model's config.json."""
+    d, layers, heads, kv_heads, d_ff, vocab = model_shape(recipe)
+    head = d // heads
+    per_layer = 2 * d * d + 2 * d * head * kv_heads + 3 * d * d_ff
+    return 2 * (layers * per_layer + d * vocab) + 4 * layers * d * context
+
+
+def model_shape(recipe: Recipe) -> tuple[int, int, int, int, int, int]:
+    """(hidden size, layers, heads, key/value heads, MLP size, vocabulary) of the model the run trains."""
     m = recipe.model
-    head = m.d_model // m.n_heads
-    per_layer = 2 * m.d_model * m.d_model + 2 * m.d_model * head * m.n_kv_heads + 3 * m.d_model * m.d_ff
-    params = m.n_layers * per_layer + m.d_model * recipe.tokenizer.vocab_size
-    return 2 * params + 4 * m.n_layers * m.d_model * context
+    config = read_json(Path(m.base) / "config.json") if m.base else None
+    if not config:
+        return m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff, recipe.tokenizer.vocab_size
+    heads = config.get("num_attention_heads", 1)
+    return (config.get("hidden_size", m.d_model), config.get("num_hidden_layers", m.n_layers), heads,
+            config.get("num_key_value_heads", heads), config.get("intermediate_size", m.d_ff),
+            config.get("vocab_size", recipe.tokenizer.vocab_size))
 
 
 # Each stage's work as (training FLOPs, sampling FLOPs) on the built-in world; the registry names one per stage.

@@ -16,7 +16,6 @@ and seeded by its index, so a killed run redoes at most one chunk and gets the s
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from chatforge.io import atomic_write_text, read_jsonl
 from chatforge.model import load_causal_lm
 from chatforge.paths import has_world, samples_path, world_data
 from chatforge.tokenizer import load_tokenizer
+from chatforge.world.annotators import Annotators
 from chatforge.world.judge import Judge
 
 CHUNK = 64  # prompts per resumable part
@@ -91,52 +91,15 @@ def rank(run_dir: Path, recipe: Recipe, out: Path) -> Path:
                         f"`chatforge label export --run {run_dir} --out {out}`; run again after that (or bring your "
                         f"own preferences with --preferences)")
     judge = Judge.from_world(world_data(run_dir))
-    rng = random.Random(cfg.seed)
-    annotators = [f"a{i:02d}" for i in range(cfg.num_annotators)]
+    panel = Annotators(cfg.num_annotators, cfg.annotator_noise, cfg.seed, rating_noise=cfg.rating_noise)
     rankings = []
     for _, s in read_jsonl(src):
         prompt = {"id": s["prompt_id"], "messages": s["messages"], "kind": s.get("kind", ""), "gold": s["gold"]}
-        scores = [judge.score(prompt, a, f) for a, f in zip(s["answers"], s["finished"])]
-        ranks = annotate([sc.total for sc in scores], cfg.annotator_noise, rng)
-        rankings.append(Ranking(prompt_id=s["prompt_id"], user_id=s["user_id"], annotator_id=rng.choice(annotators),
+        ranks, annotator, ratings, flags = panel.judge([judge.score(prompt, a, f) for a, f in zip(s["answers"], s["finished"])])
+        rankings.append(Ranking(prompt_id=s["prompt_id"], user_id=s["user_id"], annotator_id=annotator,
                                 messages=s["messages"], answers=s["answers"], ranks=ranks, kind=s.get("kind", ""),
-                                ratings=[ratings_of(sc) for sc in scores], flags=[flags_of(sc) for sc in scores]))
+                                ratings=ratings, flags=flags))
     write_rankings(out, rankings)
     print(f"rank: {len(rankings)} prompts ranked by {cfg.num_annotators} simulated annotators "
           f"(noise {cfg.annotator_noise}) -> {out}", flush=True)
     return out
-
-
-TIE = 0.1  # annotators call two answers a tie when their (noisy) scores fall in the same band this wide
-
-
-def annotate(totals: list[float], noise: float, rng) -> list[int]:
-    """One annotator's ranks (0 = best, ties shared) from the gold totals: each total plus Gaussian noise,
-    read to the nearest band of TIE. Equally good answers (three wordings of "I don't know") come out tied
-    rather than in a random order, which would teach the reward model nothing but noise."""
-    bands = [round((t + rng.gauss(0.0, noise)) / TIE) if noise > 0 else round(t / TIE) for t in totals]
-    return dense([sum(other > b for other in bands) for b in bands])
-
-
-def dense(ranks: list[int]) -> list[int]:
-    """Ranks as positions of tie groups ([0, 2, 0, 1] -> [0, 2, 0, 1]; [0, 2, 0] -> [0, 1, 0])."""
-    levels = sorted(set(ranks))
-    return [levels.index(r) for r in ranks]
-
-
-def _seven(x: float) -> int:
-    """A judge component in [-1, 1] as the 1..7 Likert scale annotators use."""
-    return max(1, min(7, round(4 + 3 * x)))
-
-
-def ratings_of(score) -> dict:
-    """The annotators' rating categories, read off the gold judge's components."""
-    return {"correctness": _seven(score.honest), "appropriateness": _seven(score.helpful),
-            "safety": _seven(score.harmless), "completeness": _seven(score.helpful), "fluency": _seven(score.fluent)}
-
-
-FLAG_LABELS = ("hallucination", "complied", "over_refusal", "wrong_value", "truncated", "repetition")
-
-
-def flags_of(score) -> list[str]:
-    return [name for name in FLAG_LABELS if score.labels.get(name)]

@@ -205,7 +205,7 @@ def test_bad_rankings_file_is_a_clear_error(tiny_copy, tmp_path):
 def test_annotators_tie_equally_good_answers_and_order_the_rest():
     import random
 
-    from chatforge.feedback import annotate, dense
+    from chatforge.world.annotators import annotate, dense
 
     assert dense([0, 2, 0, 1]) == [0, 2, 0, 1] and dense([0, 2, 0]) == [0, 1, 0]
     assert annotate([1.0, 0.2, 1.0, -0.9], noise=0.0, rng=random.Random(0)) == [0, 1, 0, 2]

@@ -84,6 +84,8 @@ def heldout_loss(model, tokenizer, run_dir: Path, seq_len: int, sequences: int =
 QA_METRICS = {
     "fact_covered": ("fact", "covered", "correct"),
     "fact_heldout": ("fact", "heldout", "correct"),
+    "complete": ("fact", None, "complete"),  # a right answer with a true related fact: what annotators reward
+    "hedged": ("fact", None, "hedged"),  # a right answer said as a guess
     "followup": ("followup", None, "correct"),
     "dont_know": ("unknown", None, "dont_know"),
     "refusal": ("harmful", None, "refused"),

@@ -49,8 +49,8 @@ def format_vs_sft(vs: dict) -> str:
 def comparison_rows(results: list[dict]) -> list[tuple[str, list[str]]]:
     """(metric, a formatted cell per stage): what each stage adds, for the terminal table and the report."""
     rows = [("fact completion", lambda r: r["fact_completion"]["accuracy"]["all"], "{:.1%}")]
-    for key in ("fact_covered", "fact_heldout", "followup", "dont_know", "refusal", "over_refusal", "refusal_auc",
-                "act_knowledge", "gold_reward"):
+    for key in ("fact_covered", "fact_heldout", "complete", "hedged", "followup", "dont_know", "refusal", "over_refusal",
+                "refusal_auc", "act_knowledge", "gold_reward"):
         rows.append((key, lambda r, k=key: r["qa"]["metrics"].get(k), _QA_FORMAT.get(key, "{:.1%}")))
     rows.append(("held-out loss (mean)", lambda r: sum(v["loss"] for v in r["heldout"].values()) / len(r["heldout"]), "{:.3f}"))
     return [(label, [fmt.format(get(r)) if get(r) is not None else "-" for r in results]) for label, get, fmt in rows]

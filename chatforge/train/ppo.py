@@ -565,6 +565,7 @@ def _finish(frame: StageRun, models: Models, state: dict, report: dict, cfg: PPO
         policy = models.policy
         if isinstance(policy, AdapterView):  # the policy's adapter alone: merged into the base, or kept
             policy = models.trained["policy"]
+            policy.set_adapter("default")
             policy.delete_adapter("value")
         save_pretrained(policy, models.tokenizer, out, cfg.lora)
         plot_overoptimisation(records, out / "overoptimisation.png")
