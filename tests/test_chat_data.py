@@ -473,11 +473,15 @@ def test_a_dataset_dict_reads_train_or_the_split_named_after_a_colon(tmp_path):
     assert read_dialogues(tmp_path / "one")[0] == ALL[:2]  # the only split is the one to read
 
 
-def test_datasets_metadata_is_never_read_as_json_lines(tmp_path):
+def test_datasets_metadata_is_never_read_as_data(tmp_path):
     for name in ("state.json", "dataset_info.json"):
         with raises_at(str(FIXTURES / "sft_datasets" / name), f"datasets metadata, not data: give its folder, "
                                                                f"{FIXTURES / 'sft_datasets'}"):
             read_dialogues(FIXTURES / "sft_datasets" / name)
+    shutil.copytree(FIXTURES / "sft_datasets", tmp_path / "shards")
+    (tmp_path / "shards" / "state.json").unlink()  # no longer a datasets folder: a folder of .arrow (and .json) files
+    dialogues, report = read_dialogues(tmp_path / "shards")
+    assert dialogues == ALL and report.num_read == 12
 
 
 def test_an_arrow_file_of_either_ipc_format_reads(tmp_path):

@@ -158,8 +158,10 @@ def _metadata(path: Path) -> dict:
 
 def _folder(path: Path) -> list[Source]:
     try:
-        # Names starting with "." are skipped: atomic writes leave their temporary files under such names.
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _kind(p))
+        # Names starting with "." are skipped: atomic writes leave their temporary files under such names. So are
+        # datasets' metadata files, in case a folder holds the shards without the state.json that marks it.
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _kind(p)
+                       and p.name not in (STATE, SPLITS, INFO))
     except OSError as e:
         raise DataError(f"{path}: cannot read this folder ({e.strerror or e})") from None
     if not files:
