@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 from chatforge.errors import DataError
@@ -54,31 +56,79 @@ class BadLine(Exception):
         self.reason = reason
 
 
-def jsonl_records(path: Path):
-    """Yield (line number, object) for each non-blank line; a line that is not UTF-8 or not JSON comes as a
-    BadLine instead, so a reader that skips bad records can go on past it.
+# A longer JSON line is refused before it is parsed: a dialogue or ranking of 4 MiB is a file that is not what
+# it claims to be far more often than a real record, and parsing it would hold all of it (and more) in memory.
+MAX_LINE_BYTES = 4 * 2**20
+
+
+def open_binary(path: Path):
+    """`path` opened for reading bytes (a .gz file decompressed); a path that cannot be opened is a DataError."""
+
+    path = Path(path)
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def jsonl_records(path: Path, max_line_bytes: int = MAX_LINE_BYTES):
+    """Yield (line number, object) for each non-blank line; a line that is not UTF-8, not JSON, nested too
+    deeply or longer than `max_line_bytes` comes as a BadLine instead, so a reader that skips bad records
+    can go on past it.
 
     Lines are decoded one at a time from bytes: decoding the file as a text stream would report a bad
     byte at the line where its 8 KB chunk began, not where the byte is.
     """
     path = Path(path)
+    lineno = 0
+    with open_binary(path) as f:
+        try:
+            for raw in _lines(f, max_line_bytes):
+                lineno += 1
+                item = _parse_line(raw, lineno, max_line_bytes)
+                if item is not _BLANK:
+                    yield lineno, item
+        except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz file
+            raise DataError(f"{path}:{lineno + 1}: cannot read ({e})") from None
+
+
+_BLANK = object()
+
+
+def _lines(f, limit: int):
+    """The file's lines as bytes; a line longer than `limit` comes as None, and is read past, never kept whole."""
+    while raw := f.readline(limit + 1):
+        if len(raw) <= limit or raw.endswith(b"\n"):  # at most limit bytes and the newline
+            yield raw
+            continue
+        while raw and not raw.endswith(b"\n"):
+            raw = f.readline(2**20)
+        yield None
+
+
+def _parse_line(raw: bytes | None, lineno: int, limit: int):
+    """The JSON value of one line, _BLANK for a blank line, or a BadLine saying what is wrong with it."""
+    if raw is None:
+        return BadLine("line_too_long", f"line longer than {limit:,} bytes (refused without parsing: split "
+                                        "the record, or check the file is JSON lines)")
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # Windows editors add a BOM
-            except UnicodeDecodeError as e:
-                yield lineno, BadLine("not_utf8", f"not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield lineno, json.loads(text.rstrip("\r\n"))  # else a truncated line errs at "column 1" of the next
-            except json.JSONDecodeError as e:
-                yield lineno, BadLine("broken_json", f"broken JSON line ({e.msg} at column {e.colno})")
+        text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # Windows editors add a BOM
+    except UnicodeDecodeError as e:
+        return BadLine("not_utf8", f"not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1})")
+    if not text.strip():
+        return _BLANK
+    try:
+        return json.loads(text.rstrip("\r\n"))  # else a truncated line errs at "column 1" of the next
+    except json.JSONDecodeError as e:
+        return BadLine("broken_json", f"broken JSON line ({e.msg} at column {e.colno})")
+    except RecursionError:
+        return BadLine("too_deep", "JSON nested too deeply to parse")
+    except ValueError as e:  # an integer of more than 4300 digits
+        return BadLine("broken_json", f"broken JSON line ({str(e).split(':')[0]})")
 
 
 def read_jsonl(path: Path):

@@ -1,15 +1,27 @@
-"""Dialogue files for SFT: the three formats convert exactly, and every bad record names its file, line and field."""
+"""Dialogue files for SFT: every shape and container converts exactly (the fixtures under tests/fixtures/data too),
+every bad record names its location and field, and no input, generated ones included, gives anything but
+dialogues or a DataError."""
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from chatforge.data.chat import LoadReport, format_report, read_dialogues
+from chatforge.data.chat import FORMATS, LoadReport, format_report, parse_dialogue, read_dialogues
+from chatforge.data.containers import records as records_of
 from chatforge.errors import DataError
+from chatforge.io import read_jsonl
 
 U, A, S = "user", "assistant", "system"
 GOOD = {"messages": [{"role": U, "content": "Hi"}, {"role": A, "content": "Hello!"}]}
@@ -133,7 +145,8 @@ BAD_RECORDS = [  # (line 2 of the file, reason key, message after "file:2: ")
     ("[1, 2]", "not_object", "expected a JSON object (one dialogue), got list"),
     ('"just text"', "not_object", "expected a JSON object (one dialogue), got str"),
     ({"text": "hi", "id": 3}, "unknown_format",
-     "unknown format: expected a 'messages', 'conversations' or 'instruction' field, got fields: id, text"),
+     "unknown format: expected 'messages' (OpenAI), 'conversations' (ShareGPT), 'instruction' and 'output' "
+     "(Alpaca), or 'prompt' and 'completion'; got fields: id, text"),
     ({"messages": "hi"}, "bad_dialogue", "messages: must be a non-empty list of turns, got str"),
     ({"messages": None}, "bad_dialogue", "messages: must be a non-empty list of turns, got null"),
     ({"messages": []}, "empty_dialogue", "messages: must be a non-empty list of turns, got an empty list"),
@@ -184,7 +197,37 @@ BAD_RECORDS = [  # (line 2 of the file, reason key, message after "file:2: ")
     ({"instruction": "I", "input": "x"}, "missing_output", "output: missing"),
     ({"instruction": 5, "output": "O"}, "bad_instruction", "instruction: must be a non-empty string, got int"),
     ({"instruction": "I", "input": ["x"], "output": "O"}, "bad_input", "input: must be a string, got list"),
+    ({"conversations": [{"role": "user", "content": "Q"}, {"role": "bot", "content": "A"}]}, "unknown_role",
+     "conversations[1].role: unknown speaker 'bot' (expected one of system, human, user, gpt, assistant, chatgpt)"),
+    ({"conversations": [{"role": "user", "content": "Q"}, {"role": "assistant"}]}, "missing_content",
+     "conversations[1].content: missing"),
+    ({"prompt": "Q"}, "missing_completion", "completion: missing"),
+    ({"completion": "A"}, "missing_prompt", "prompt: missing"),
+    ({"prompt": "", "completion": "A"}, "empty_prompt", "prompt: must be a non-empty string, got an empty string"),
+    ({"prompt": "Q", "completion": 7}, "bad_completion", "completion: must be a non-empty string, got int"),
+    ({"prompt": [msg(U, "Q")], "completion": [msg(U, "A")]}, "repeated_role", "completion[0].role: two user turns in a row"),
+    ({"prompt": [msg(U, "Q"), msg(A, "A")], "completion": [msg(A, "A2")]}, "repeated_role",
+     "completion[0].role: two assistant turns in a row"),
+    ({"prompt": [msg(U, "Q"), msg(A, "A")], "completion": "A2"}, "repeated_role",
+     "completion: two assistant turns in a row"),
+    ({"prompt": [msg(A, "Hi"), msg(U, "Q")], "completion": "A"}, "first_not_user",
+     "prompt[0].role: the first turn must be the user's, got assistant"),
+    ({"prompt": [], "completion": "A"}, "empty_dialogue", "prompt: must be a non-empty list of turns, got an empty list"),
+    ({"prompt": "Q", "completion": [msg(A, "A"), msg(U, "Q2")]}, "user_turn_last",
+     "completion: the last turn must be the assistant's, got user"),
+    ({"messages": [msg(U, "Q"), msg(A, [{"type": "image_url", "image_url": {"url": "x"}}])]}, "bad_content",
+     "messages[1].content[0].type: only text parts can be trained on, got 'image_url'"),
+    ({"messages": [msg(U, "Q"), msg(A, ["A"])]}, "bad_content",
+     "messages[1].content[0]: a content part must be an object {'type': 'text', 'text': ...}, got str"),
+    ({"messages": [msg(U, "Q"), msg(A, [{"type": "text", "text": 3}])]}, "bad_content",
+     "messages[1].content[0].text: must be a string, got int"),
+    ({"messages": [msg(U, "Q"), msg(A, [])]}, "empty_content",
+     "messages[1].content: must be a non-empty string, got an empty string"),
+    ({"messages": [msg(U, [{"type": "text", "text": " "}]), msg(A, "A")]}, "empty_content",
+     "messages[0].content: must be a non-empty string, got only whitespace"),
     ('{"messages": [', "broken_json", "broken JSON line (Expecting value at column 15)"),
+    ("[" * 50_000, "too_deep", "JSON nested too deeply to parse"),
+    ('{"n": ' + "9" * 5000 + "}", "broken_json", "broken JSON line (Exceeds the limit (4300 digits) for integer string conversion)"),
     ("{'messages': []}", "broken_json",
      "broken JSON line (Expecting property name enclosed in double quotes at column 2)"),
 ]
@@ -288,7 +331,331 @@ def test_missing_paths_and_wrong_file_types_are_errors(tmp_path):
     with raises_at(str(tmp_path / "nope.jsonl"), "file not found"):
         read_dialogues(tmp_path / "nope.jsonl")
     (tmp_path / "d.csv").write_text("role,content\n", encoding="utf-8")
-    with raises_at(str(tmp_path / "d.csv"), "expected a .jsonl or .json file, or a folder of them"):
+    with raises_at(str(tmp_path / "d.csv"), "expected a .jsonl, .json, .parquet or .arrow file, a datasets folder, "
+                                            "or a folder of such files"):
         read_dialogues(tmp_path / "d.csv")
-    with raises_at(str(tmp_path), "no .jsonl or .json files in this folder"):
+    with raises_at(str(tmp_path), "no .jsonl, .json, .parquet or .arrow files in this folder"):
         read_dialogues(tmp_path)
+
+
+# ---- the shapes people have ----
+
+
+def test_sharegpt_turns_may_use_role_and_content(tmp_path):
+    record = {"conversations": [{"role": "system", "content": "Sys"}, {"role": "human", "content": "Q"},
+                                {"role": "assistant", "content": "A"}]}
+    dialogues, report = read_dialogues(write_jsonl(tmp_path / "d.jsonl", [record]))
+    assert dialogues == [[msg(S, "Sys"), msg(U, "Q"), msg(A, "A")]] and report.fmt == "sharegpt"
+
+
+def test_prompt_completion_as_strings_and_as_message_lists(tmp_path):
+    records = [{"prompt": "法国的首都是哪里？", "completion": "巴黎。"},
+               {"prompt": [msg(S, "Be brief."), msg(U, "Q1"), msg(A, "A1"), msg(U, "Q2")], "completion": [msg(A, "A2")]},
+               {"prompt": "Q", "completion": [msg(A, "A")]}]
+    dialogues, report = read_dialogues(write_jsonl(tmp_path / "pc.jsonl", records))
+    assert dialogues == [[msg(U, "法国的首都是哪里？"), msg(A, "巴黎。")],
+                         [msg(S, "Be brief."), msg(U, "Q1"), msg(A, "A1"), msg(U, "Q2"), msg(A, "A2")],
+                         [msg(U, "Q"), msg(A, "A")]]
+    assert report.fmt == "prompt_completion"
+    assert read_dialogues(tmp_path / "pc.jsonl", fmt="prompt_completion")[0] == dialogues
+
+
+def test_content_parts_are_joined_wherever_a_content_is_accepted(tmp_path):
+    parts = [{"type": "text", "text": "Paris is "}, {"type": "output_text", "text": "the capital."}]
+    records = [{"messages": [msg(U, [{"type": "text", "text": "Capital of France?"}]), msg(A, parts)]},
+               {"conversations": [{"role": "user", "content": [{"text": "Q"}]}, {"role": "assistant", "content": parts}]},
+               {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": parts}]},
+               {"prompt": [msg(U, [{"type": "input_text", "text": "Q"}])], "completion": [msg(A, parts)]}]
+    dialogues, _ = read_dialogues(write_jsonl(tmp_path / "parts.jsonl", records))
+    assert dialogues == [[msg(U, "Capital of France?"), msg(A, "Paris is the capital.")]] + \
+        [[msg(U, "Q"), msg(A, "Paris is the capital.")]] * 3
+
+
+# ---- the fixtures: every shape and container reads back to the same dialogues ----
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("fixture_build", FIXTURES / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
+ALL = build.DIALOGUES
+SINGLE = [d for d in ALL if build.single_turn(d)]
+SFT_FIXTURES = [  # (path under tests/fixtures/data, the format found, the dialogues it holds)
+    ("sft/messages.jsonl", "messages", ALL), ("sft/sharegpt.json", "sharegpt", ALL),
+    ("sft/sharegpt_roles.jsonl", "sharegpt", ALL), ("sft/alpaca.json", "alpaca", SINGLE),
+    ("sft/prompt_completion.jsonl", "prompt_completion", SINGLE),
+    ("sft/prompt_completion_messages.json", "prompt_completion", ALL), ("sft/content_parts.jsonl", "messages", ALL),
+    ("sft/messages.parquet", "messages", ALL), ("sft_datasets", "sharegpt", ALL),
+    ("sft_datasetdict", "messages", ALL[:9]), ("sft_datasetdict:test", "messages", ALL[9:]),
+]
+
+
+@pytest.mark.parametrize("name, fmt, expected", SFT_FIXTURES, ids=[f[0] for f in SFT_FIXTURES])
+def test_each_fixture_reads_to_its_dialogues(name, fmt, expected):
+    dialogues, report = read_dialogues(f"{FIXTURES}/{name}")
+    assert dialogues == expected
+    assert (report.fmt, report.num_read, report.skipped) == (fmt, len(expected), {})
+    assert 6 <= len(expected) <= 20 or name.startswith("sft_datasetdict")
+    assert any("\u4e00" <= c <= "\u9fff" for d in expected for t in d for c in t["content"])  # bilingual
+
+
+def test_the_fixture_folder_reads_every_file_in_it():
+    dialogues, report = read_dialogues(FIXTURES / "sft")
+    assert report.num_read == len(dialogues) == sum(len(e) for n, _, e in SFT_FIXTURES if n.startswith("sft/"))
+    assert report.fmt == "alpaca+messages+prompt_completion+sharegpt"
+
+
+def test_the_fixtures_are_what_build_py_writes(tmp_path):
+    """The committed files and folders equal a fresh build: text byte for byte, tables row for row."""
+
+    build.main(tmp_path)
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert fresh == sorted(p.relative_to(FIXTURES) for p in FIXTURES.rglob("*") if p.is_file() and p.suffix != ".py"
+                           and p.name != "README.md" and "__pycache__" not in p.parts)
+    for rel in fresh:
+        if rel.suffix == ".parquet":
+            assert pq.read_table(tmp_path / rel).to_pylist() == pq.read_table(FIXTURES / rel).to_pylist(), rel
+        elif rel.suffix == ".arrow":
+            assert _arrow_rows(tmp_path / rel) == _arrow_rows(FIXTURES / rel), rel
+        else:
+            assert (tmp_path / rel).read_bytes() == (FIXTURES / rel).read_bytes(), rel
+
+
+def _arrow_rows(path: Path) -> list[dict]:
+    with pa.memory_map(str(path)) as f:
+        return pa.ipc.open_stream(f).read_all().to_pylist()
+
+
+# ---- containers ----
+
+
+def test_a_parquet_file_reads_like_the_json_it_was_made_from(tmp_path):
+    records = [{"id": 1, "messages": [msg(U, "Q"), {"role": A, "content": "A", "name": "bot"}]},
+               {"id": 2, "messages": [msg(U, "问题"), msg(A, "回答")], "meta": {"lang": "zh", "tags": ["x"]}}]
+    pq.write_table(pa.Table.from_struct_array(pa.array(records)), tmp_path / "d.parquet")  # columns: all keys
+    rows = list(records_of(tmp_path / "d.parquet"))
+    # the nulls a table fills in (meta of row 0, name of the first message) are left out, as in the JSON
+    assert rows == [(f"{tmp_path / 'd.parquet'}[row {i}]", r) for i, r in enumerate(records)]
+    bad = [records[0], {"messages": [msg(U, "Q"), msg(A, "")]}]
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
+    with raises_at(f"{tmp_path / 'bad.parquet'}[row 1]", "messages[1].content: must be a non-empty string, "
+                                                          "got an empty string"):
+        read_dialogues(tmp_path / "bad.parquet")
+
+
+def test_a_datasets_folder_reads_its_shards_in_order_and_names_shard_and_row(tmp_path):
+    build.write_datasets_folder(tmp_path / "ds", build.sft_records()["messages"][:5] + [{"messages": [msg(U, "Q")]}],
+                                num_shards=2)
+    with raises_at(f"{tmp_path / 'ds' / 'data-00001-of-00002.arrow'}[row 2]", "messages: no assistant turn to learn from"):
+        read_dialogues(tmp_path / "ds")
+    dialogues, report = read_dialogues(tmp_path / "ds", skip_invalid=True)
+    assert dialogues == ALL[:5] and report.skipped == {"no_assistant": 1}
+
+
+def test_a_dataset_dict_reads_train_or_the_split_named_after_a_colon(tmp_path):
+    folder = FIXTURES / "sft_datasetdict"
+    assert read_dialogues(folder)[0] == read_dialogues(f"{folder}:train")[0] == ALL[:9]
+    assert read_dialogues(folder / "test")[0] == ALL[9:]  # a split's own folder is a datasets folder
+    with raises_at(str(folder), "no split 'validation' (its splits: train, test)"):
+        read_dialogues(f"{folder}:validation")
+    build.write_dataset_dict(tmp_path / "dd", {"dev": build.sft_records()["messages"][:2],
+                                               "test": build.sft_records()["messages"][2:4]})
+    with raises_at(str(tmp_path / "dd"), f"a DatasetDict without a 'train' split: name one as {tmp_path / 'dd'}:SPLIT "
+                                         "(its splits: dev, test)"):
+        read_dialogues(tmp_path / "dd")
+    build.write_dataset_dict(tmp_path / "one", {"validation": build.sft_records()["messages"][:2]})
+    assert read_dialogues(tmp_path / "one")[0] == ALL[:2]  # the only split is the one to read
+
+
+def test_datasets_metadata_is_never_read_as_data(tmp_path):
+    for name in ("state.json", "dataset_info.json"):
+        with raises_at(str(FIXTURES / "sft_datasets" / name), f"datasets metadata, not data: give its folder, "
+                                                               f"{FIXTURES / 'sft_datasets'}"):
+            read_dialogues(FIXTURES / "sft_datasets" / name)
+    shutil.copytree(FIXTURES / "sft_datasets", tmp_path / "shards")
+    (tmp_path / "shards" / "state.json").unlink()  # no longer a datasets folder: a folder of .arrow (and .json) files
+    dialogues, report = read_dialogues(tmp_path / "shards")
+    assert dialogues == ALL and report.num_read == 12
+
+
+def test_an_arrow_file_of_either_ipc_format_reads(tmp_path):
+    table = pa.Table.from_pylist(build.sft_records()["sharegpt"])
+    with pa.OSFile(str(tmp_path / "a.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    with pa.OSFile(str(tmp_path / "b.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    assert read_dialogues(tmp_path / "a.arrow")[0] == read_dialogues(tmp_path / "b.arrow")[0] == ALL
+
+
+def test_gzipped_json_lines_and_an_indented_json_object(tmp_path):
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(GOOD) + "\n" for _ in range(3)).encode()))
+    assert read_dialogues(tmp_path / "d.jsonl.gz")[0] == [GOOD_MESSAGES] * 3
+    (tmp_path / "one.json").write_text(json.dumps(GOOD, indent=2), encoding="utf-8")
+    assert read_dialogues(tmp_path / "one.json")[0] == [GOOD_MESSAGES]
+    with raises_at(f"{tmp_path / 'one.json'}[record 1]", "messages[1].content: missing"):
+        (tmp_path / "one.json").write_text(json.dumps({"messages": [msg(U, "Q"), {"role": A}]}, indent=1))
+        read_dialogues(tmp_path / "one.json")
+
+
+def test_a_folder_mixes_containers_in_name_order(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [GOOD])
+    pq.write_table(pa.Table.from_pylist([{"instruction": "I", "output": "O"}]), tmp_path / "b.parquet")
+    (tmp_path / "c.json").write_text(json.dumps([{"prompt": "P", "completion": "C"}]), encoding="utf-8")
+    dialogues, report = read_dialogues(tmp_path)
+    assert dialogues == [GOOD_MESSAGES, [msg(U, "I"), msg(A, "O")], [msg(U, "P"), msg(A, "C")]]
+    assert report.fmt == "alpaca+messages+prompt_completion"
+
+
+# ---- what cannot be read: one DataError naming it, never a traceback ----
+
+
+def _truncated(name: str):
+    def write(path: Path):
+        data = (FIXTURES / name).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    return write
+
+
+def _datasets_with(state_change: dict | None = None, drop: str = "", state_text: str = ""):
+    def write(path: Path):
+        shutil.copytree(FIXTURES / "sft_datasets", path)
+        if state_change is not None:
+            state = json.loads((path / "state.json").read_text())
+            (path / "state.json").write_text(json.dumps({**state, **state_change}))
+        if state_text:
+            (path / "state.json").write_text(state_text)
+        if drop:
+            (path / drop).unlink()
+    return write
+
+
+def _dataset_dict_json(text: str):
+    def write(path: Path):
+        path.mkdir()
+        (path / "dataset_dict.json").write_text(text)
+    return write
+
+
+def _zero_rows(path: Path):
+    pq.write_table(pa.table({"messages": pa.array([], pa.string())}), path)
+
+
+UNREADABLE = [  # (name, how to write it, message after "NAME")
+    ("t.parquet", _truncated("sft/messages.parquet"), ": not a readable Parquet file (Parquet magic bytes not found "
+                                                      "in footer. Either the file is corrupted or this is not a "
+                                                      "parquet file.)"),
+    ("e.parquet", lambda p: p.write_bytes(b""), ": empty file (no records)"),
+    ("z.parquet", _zero_rows, ": empty file (no records)"),
+    ("t.arrow", _truncated("sft_datasets/data-00000-of-00002.arrow"), ": not a readable Arrow file ("),
+    ("ds", _datasets_with(drop="data-00001-of-00002.arrow"),
+     ": missing the shard data-00001-of-00002.arrow that state.json lists"),
+    ("ds", _datasets_with(state_text="{broken"),
+     "/state.json: unreadable datasets metadata (Expecting property name enclosed in double quotes"),
+    ("ds", _datasets_with({"_data_files": [{"filename": "../x.arrow"}]}),
+     "/state.json: field '_data_files[0].filename': must be the name of an .arrow file in this folder, "
+     'got "../x.arrow"'),
+    ("ds", _datasets_with({"_indices_data_files": [{"filename": "indices.arrow"}]}),
+     ": saved with an indices mapping (an old datasets version): save it again with a recent version of datasets, "
+     "or export it to .parquet or .jsonl"),
+    ("dd", _dataset_dict_json('{"splits": []}'),
+     "/dataset_dict.json: field 'splits': must be a non-empty list of split names"),
+    ("dd", _dataset_dict_json('{"splits": ["train"]}'),
+     "/train: not a datasets folder (no state.json)"),
+    ("deep.json", lambda p: p.write_text("[" * 100_000), ": JSON nested too deeply to parse"),
+    ("n.json", lambda p: p.write_text('[{"n": ' + "1" * 5000 + "}]"),
+     ": broken JSON (Exceeds the limit (4300 digits) for integer string conversion)"),
+    ("t.jsonl.gz", lambda p: p.write_bytes(gzip.compress((json.dumps(GOOD) + "\n").encode() * 500)[:200]),
+     ":"),  # cut mid-stream: the line where reading stopped, then why
+    ("folder.jsonl", lambda p: p.mkdir(), ": no .jsonl, .json, .parquet or .arrow files in this folder"),
+]
+
+
+@pytest.mark.parametrize("name, write, message", UNREADABLE, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(UNREADABLE)])
+def test_what_cannot_be_read_is_one_data_error_even_when_skipping(tmp_path, name, write, message):
+    write(tmp_path / name)
+    for skip in (False, True):
+        with pytest.raises(DataError) as e:
+            read_dialogues(tmp_path / name, skip_invalid=skip)
+        assert str(e.value).startswith(f"{tmp_path / name}{message}"), str(e.value)
+
+
+def test_a_line_over_the_size_limit_is_refused_unread_and_can_be_skipped(tmp_path):
+    path = tmp_path / "big.jsonl"
+    huge = b'{"messages": [{"role": "user", "content": "' + b"x" * (20 * 2**20) + b'"}]}'
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + huge + b"\n" + json.dumps(GOOD).encode() + b"\n")
+    with raises_at(f"{path}:2", "line longer than 4,194,304 bytes (refused without parsing: split the record, "
+                                "or check the file is JSON lines)"):
+        read_dialogues(path)
+    dialogues, report = read_dialogues(path, skip_invalid=True)
+    assert dialogues == [GOOD_MESSAGES] * 2 and report.skipped == {"line_too_long": 1}
+
+
+def test_jsonl_on_a_folder_or_a_missing_file_is_a_data_error(tmp_path):
+    with raises_at(str(tmp_path), "is a folder, not a file"):
+        list(read_jsonl(tmp_path))
+    with raises_at(str(tmp_path / "nope.jsonl"), "file not found"):
+        list(read_jsonl(tmp_path / "nope.jsonl"))
+
+
+# ---- generated input: every outcome is dialogues or a DataError ----
+
+KEYS = ["messages", "conversations", "instruction", "input", "output", "prompt", "completion", "role", "content",
+        "from", "value", "type", "text"]
+WORDS = ["user", "assistant", "system", "human", "gpt", "text", "image_url", "", " ", "Q", "答", "\ud800"]
+SCALARS = (st.none() | st.booleans() | st.integers(-2, 3) | st.floats() | st.sampled_from(WORDS)
+           | st.text(max_size=4))
+JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=3), inner, max_size=4), max_leaves=25)
+VALID = [r for records in build.sft_records().values() for r in records[:2]]
+
+
+@st.composite
+def mutated(draw, records=VALID):
+    """A valid record with one value somewhere inside replaced by generated JSON, or deleted."""
+    record = json.loads(json.dumps(draw(st.sampled_from(records))))
+    node = record
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        key = draw(st.sampled_from(keys))
+        child = node[key]
+        if isinstance(child, (dict, list)) and child and draw(st.booleans()):
+            node = child
+            continue
+        if isinstance(node, dict) and draw(st.booleans()):
+            del node[key]
+        else:
+            node[key] = draw(JSON)
+        return record
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.one_of(JSON, mutated()), st.sampled_from(("auto",) + FORMATS))
+def test_generated_records_give_dialogues_or_a_data_error(record, fmt):
+    try:
+        dialogue = parse_dialogue(record, "f:1", fmt)
+    except DataError as e:
+        assert str(e).startswith("f:1: ") and "\n" not in str(e)
+        return
+    assert dialogue and all(set(t) == {"role", "content"} and t["content"].strip() for t in dialogue)
+    assert dialogue[-1]["role"] == "assistant"
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.lists(st.binary(max_size=40) | JSON.map(lambda v: json.dumps(v).encode()), min_size=0, max_size=4),
+       st.sampled_from([".jsonl", ".json"]), st.booleans())
+def test_generated_files_give_dialogues_or_a_data_error(lines, suffix, skip):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"d{suffix}"
+        path.write_bytes(b"\n".join(lines))
+        try:
+            dialogues, report = read_dialogues(path, skip_invalid=skip)
+        except DataError as e:
+            assert str(e) and "\n" not in str(e)
+            return
+        assert report.num_kept == len(dialogues) == report.num_read - sum(report.skipped.values())
