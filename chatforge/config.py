@@ -168,9 +168,9 @@ class SFTConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.5e-3, warmup_steps=20))  # LoRA wants ~10x the lr
     replay: float = 0.5  # share of each batch drawn from the pretraining mixture (keeps pretrained knowledge)
     replay_len: int = 64  # tokens per replayed window (dialogues are short: long windows would dominate the compute)
-    data: str = ""  # dialogue file or folder (OpenAI messages / ShareGPT / Alpaca); empty: the world's dialogues
+    data: str = ""  # dialogues, a file or folder in any shape of docs/data-formats.md; empty: the world's dialogues
     val_data: str = ""  # held-out dialogues; empty: the world's dialogues/val.jsonl, else 2% of `data`
-    format: str = "auto"  # auto | messages | sharegpt | alpaca
+    format: str = "auto"  # auto (per record, from its keys) | messages | sharegpt | alpaca | prompt_completion
     skip_invalid: bool = False  # skip (and count) malformed dialogues instead of stopping at the first
     lora: LoraConfig = field(default_factory=LoraConfig)
     eval_every: int = 100  # held-out dialogue loss every this many steps (and at the end)
@@ -183,8 +183,9 @@ class SFTConfig:
                                 "save_every"))
         if not 0.0 <= self.replay < 1.0:
             raise ConfigError(f"sft.replay must be in [0, 1), got {self.replay}")
-        if self.format not in ("auto", "messages", "sharegpt", "alpaca"):
-            raise ConfigError(f"sft.format must be auto, messages, sharegpt or alpaca, got {self.format!r}")
+        if self.format not in ("auto", "messages", "sharegpt", "alpaca", "prompt_completion"):
+            raise ConfigError(f"sft.format must be auto, messages, sharegpt, alpaca or prompt_completion, "
+                              f"got {self.format!r}")
         _check_dtype("sft", self.dtype)
 
 

@@ -63,7 +63,6 @@ MAX_LINE_BYTES = 4 * 2**20
 
 def open_binary(path: Path):
     """`path` opened for reading bytes (a .gz file decompressed); a path that cannot be opened is a DataError."""
-
     path = Path(path)
     try:
         return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")

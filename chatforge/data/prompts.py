@@ -1,6 +1,7 @@
-"""Prompts to answer (sampling for the rankings, PPO, evaluation): JSON lines with "messages" (ending with the
-user's turn) or "prompt" (one user message), optional "id" and "user_id"; the world's prompts add "kind",
-"lang" and "gold". Validated like a ranking's prompt (`data.rankings.parse_prompt`)."""
+"""Prompts to answer (sampling for the rankings, PPO, evaluation): records with "messages" (ending with the user's
+turn) or "prompt" (one user message), optional "id" and "user_id", in any container of `data.containers` (JSON
+lines, JSON, Parquet, datasets folders); the world's prompts add "kind", "lang" and "gold". Validated like a
+ranking's prompt (`data.rankings.parse_prompt`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from types import SimpleNamespace
 from chatforge.config import Recipe
 from chatforge.data.rankings import parse_prompt, read_rankings, split_by_user
 from chatforge.errors import DataError
-from chatforge.io import BadLine, jsonl_records
+from chatforge.data.containers import records
+from chatforge.io import BadLine
 from chatforge.paths import rankings_path
 from chatforge.tokenizer import render_chat
 
@@ -19,11 +21,11 @@ def read_prompts(path: Path, skip_invalid: bool = False) -> tuple[list[dict], li
     """(prompts as {"id", "user_id", "messages", "where", ...}, the errors of the lines skipped); without
     skip_invalid the first bad line is a DataError."""
     prompts, skipped = [], []
-    for lineno, obj in jsonl_records(path):
+    for where, obj in records(path):
         try:
             if isinstance(obj, BadLine):
-                raise DataError(f"{path}:{lineno}: {obj}")
-            messages, pid = parse_prompt(obj, f"{path}:{lineno}")
+                raise DataError(f"{where}: {obj}")
+            messages, pid = parse_prompt(obj, where)
         except DataError as e:
             if not skip_invalid:
                 raise
@@ -31,7 +33,7 @@ def read_prompts(path: Path, skip_invalid: bool = False) -> tuple[list[dict], li
             continue
         pid = str(obj.get("id") or pid)
         prompts.append({**obj, "id": pid, "user_id": str(obj.get("user_id") or pid), "messages": messages,
-                        "where": f"{path}:{lineno}"})
+                        "where": where})
     if not prompts:
         raise DataError(f"{path}: no prompts" + (f" ({len(skipped)} invalid lines skipped)" if skipped else ""))
     return prompts, skipped

@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from chatforge import dist
 from chatforge.config import ComputeConfig, Recipe, RewardConfig, check_context
-from chatforge.data.rankings import Ranking, read_rankings, split_by_user
+from chatforge.data.rankings import Ranking, format_report, read_rankings, split_by_user
 from chatforge.errors import UserError
 from chatforge.paths import rankings_path
 from chatforge.model import SEQ_CLS, load_sequence_classifier, memory_savers, save_pretrained, with_lora
@@ -124,8 +124,7 @@ def load_rankings(run_dir: Path, cfg: RewardConfig) -> tuple[Path, list[Ranking]
     if not path.exists():
         raise UserError(f"{path}: no rankings (run `chatforge sample` and `chatforge rank`, or set reward.rankings)")
     rankings, report = read_rankings(path, skip_invalid=cfg.skip_invalid)
-    if report.get("skipped"):
-        dist.print0(f"reward: skipped {report['skipped']} invalid rankings in {path}; first: {report['first_errors'][:1]}")
+    dist.print0("reward: " + format_report(report))
     if not any(len(set(r.ranks)) > 1 for r in rankings):
         raise UserError(f"{path}: every one of its {len(rankings)} rankings ties all its answers, so there is no "
                         f"pair to learn a preference from")
