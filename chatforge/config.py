@@ -281,6 +281,9 @@ class PPOConfig:
     ptx_coef: float = 1.0  # γ of PPO-ptx: weight of the pretraining loss added to the policy loss (0: plain PPO)
     ptx_batch_size: int = 16  # pretraining windows per minibatch, with ptx_coef > 0
     ptx_len: int = 64  # tokens per pretraining window
+    # on the built-in world, also PPO against the gold judge and PPO without ptx, so the report can say what the
+    # reward model and PPO-ptx each add (two more PPO runs)
+    ablations: bool = True
     # LoRA: the policy and the value model become two adapters on one frozen copy of the SFT model, which, with the
     # adapters off, is also the reference: one copy of the weights instead of three
     lora: LoraConfig = field(default_factory=LoraConfig)

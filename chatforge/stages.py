@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +23,8 @@ from chatforge.io import read_json, verified
 from chatforge.report import render
 from chatforge.paths import has_world
 from chatforge.report.tables import (
-    format_comparison, format_own_comparison, format_reward_table, format_table, format_vs_sft, results_card,
+    by_stage, format_comparison, format_gains, format_own_comparison, format_reward_table, format_table, format_vs_sft,
+    results_card, stage_gains,
 )
 from chatforge.train import pretrain, ppo, reward, sft
 from chatforge.world import build_world, world_is_complete
@@ -67,6 +68,21 @@ def own_preferences(recipe: Recipe) -> str | None:
     return "the reward model trains on reward.rankings, your own preferences" if recipe.reward.rankings else None
 
 
+def no_ablation(recipe: Recipe) -> str | None:
+    """Why the PPO ablations do not run: they are the built-in world's, and asked for by ppo.ablations."""
+    return own_model(recipe) or (None if recipe.ppo.ablations else "ppo.ablations is off")
+
+
+def run_ppo_judge(run_dir: Path, recipe: Recipe, out: Path) -> dict:
+    """PPO with the gold judge as its reward, a perfect reward model: how much the learned one leaves on the table."""
+    return ppo.run(run_dir, replace(recipe, ppo=replace(recipe.ppo, reward="judge")), out)
+
+
+def run_ppo_noptx(run_dir: Path, recipe: Recipe, out: Path) -> dict:
+    """PPO without the pretraining loss: what PPO-ptx keeps of the language model (the alignment tax)."""
+    return ppo.run(run_dir, replace(recipe, ppo=replace(recipe.ppo, ptx_coef=0.0)), out)
+
+
 def has_summary(run_dir: Path, out: Path) -> bool:
     return verified(out)
 
@@ -85,7 +101,8 @@ def run_world(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     return manifest
 
 
-EVALUATED = ("base", "sft", "ppo")  # the models `chatforge run` evaluates, side by side, where the run has them
+# the models `chatforge run` evaluates, side by side, where the run has them
+EVALUATED = ("base", "sft", "ppo", "ppo-judge", "ppo-noptx")
 
 
 def run_eval(run_dir: Path, recipe: Recipe, out: Path, stage: str | None = None) -> dict:
@@ -102,9 +119,12 @@ def run_eval(run_dir: Path, recipe: Recipe, out: Path, stage: str | None = None)
     results = [_eval_once(run_dir, recipe, s) for s in EVALUATED if (run_dir / s / "config.json").exists()]
     rm = _eval_once(run_dir, recipe, "reward")
     print("\n" + (format_comparison(results) if has_world(run_dir) else format_own_comparison(results)))
-    if has_world(run_dir) and "vs_sft" in results[-1]:
-        print("\n" + format_vs_sft(results[-1]["vs_sft"]))
+    ppo_result = by_stage(results).get("ppo", {})
+    if has_world(run_dir) and "vs_sft" in ppo_result:
+        print("\n" + format_vs_sft(ppo_result["vs_sft"]))
     print("\n" + format_reward_table(rm))
+    if has_world(run_dir):
+        print("\n" + format_gains(stage_gains(results, rm)))
     return {"models": results, "reward": rm}
 
 
@@ -198,6 +218,14 @@ STAGES: tuple[Stage, ...] = (
                           "judge itself: a perfect reward model, to tell PPO's limits from the reward model's",
                           key=("ppo.reward",), choices=("model", "judge")),
                    Option("--out", "directory in the run to write the policy to, for a side experiment (default: ppo)"))),
+    Stage("ppo-judge", "PPO against the gold judge itself, a perfect reward model: the ceiling of the reward model's "
+          "part (the world only) -> ppo-judge/", reads=("sft", "data/prompts"), writes="ppo-judge", sections=("ppo",),
+          skip=no_ablation, run=run_ppo_judge, done=has_summary, flops=eta.ppo_flops, fixed_seconds=5,
+          every_rank=True, trains=True),
+    Stage("ppo-noptx", "PPO without PPO-ptx: what the pretraining loss keeps of the language model -> ppo-noptx/",
+          reads=("sft", "reward", "data/prompts"), writes="ppo-noptx", sections=("ppo",),
+          skip=lambda r: no_ablation(r) or (None if r.ppo.ptx_coef > 0 else "ppo.ptx_coef is 0: PPO is without ptx"),
+          run=run_ppo_noptx, done=has_summary, flops=eta.ppo_flops, fixed_seconds=5, every_rank=True, trains=True),
     Stage("eval", "evaluate the models of the run (or one, with --stage)",
           reads=("base", "sft", "reward", "ppo"), writes="eval", run=run_eval, flops=eta.eval_flops, fixed_seconds=3,
           rerun=True, done=lambda run_dir, out: all(eval_is_current(run_dir, s) for s in (*EVALUATED, "reward")),

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import json_like, mutated
 
 from chatforge.data.chat import FORMATS, LoadReport, format_report, parse_dialogue, read_dialogues
 from chatforge.data.containers import records as records_of
@@ -608,34 +609,12 @@ def test_jsonl_on_a_folder_or_a_missing_file_is_a_data_error(tmp_path):
 KEYS = ["messages", "conversations", "instruction", "input", "output", "prompt", "completion", "role", "content",
         "from", "value", "type", "text"]
 WORDS = ["user", "assistant", "system", "human", "gpt", "text", "image_url", "", " ", "Q", "答", "\ud800"]
-SCALARS = (st.none() | st.booleans() | st.integers(-2, 3) | st.floats() | st.sampled_from(WORDS)
-           | st.text(max_size=4))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
-                    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=3), inner, max_size=4), max_leaves=25)
+JSON = json_like(KEYS, WORDS, max_size=4, max_leaves=25)
 VALID = [r for records in build.sft_records().values() for r in records[:2]]
 
 
-@st.composite
-def mutated(draw, records=VALID):
-    """A valid record with one value somewhere inside replaced by generated JSON, or deleted."""
-    record = json.loads(json.dumps(draw(st.sampled_from(records))))
-    node = record
-    while True:
-        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-        key = draw(st.sampled_from(keys))
-        child = node[key]
-        if isinstance(child, (dict, list)) and child and draw(st.booleans()):
-            node = child
-            continue
-        if isinstance(node, dict) and draw(st.booleans()):
-            del node[key]
-        else:
-            node[key] = draw(JSON)
-        return record
-
-
 @settings(max_examples=400, deadline=None, database=None)
-@given(st.one_of(JSON, mutated()), st.sampled_from(("auto",) + FORMATS))
+@given(st.one_of(JSON, mutated(VALID, JSON)), st.sampled_from(("auto",) + FORMATS))
 def test_generated_records_give_dialogues_or_a_data_error(record, fmt):
     try:
         dialogue = parse_dialogue(record, "f:1", fmt)

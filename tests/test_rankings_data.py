@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import json_like, mutated
 
 from chatforge.data.rankings import (Ranking, format_report, pairs, parse_ranking, parse_rankings, read_rankings,
                                      split_by_user, write_rankings)
@@ -515,33 +516,12 @@ KEYS = ["messages", "prompt", "answers", "order", "ranks", "scores", "chosen", "
         "rank", "content", "type", "user_id", "finished", "instruction", "score_chosen", "score_rejected", "deleted"]
 WORDS = ["user", "assistant", "system", "prompter", "text", "N/A", "4", "", " ", "Q", "答", "\ud800",
          "\n\nHuman: Q\n\nAssistant: A", "\n\nHuman: Q\n\nAssistant:"]
-SCALARS = (st.none() | st.booleans() | st.integers(-2, 4) | st.floats() | st.sampled_from(WORDS)
-           | st.text(max_size=4))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
-                    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=3), inner, max_size=5), max_leaves=30)
+JSON = json_like(KEYS, WORDS, max_size=5, max_leaves=30)
 VALID = [GOOD, RANKS, SCORES, PAIR, HH, UF, TREE, SAMPLE] + [r for rs in build.prefs_records().values() for r in rs[:1]]
 
 
-@st.composite
-def mutated(draw):
-    """A valid record with one value somewhere inside replaced by generated JSON, or deleted."""
-    record = copy.deepcopy(draw(st.sampled_from(VALID)))
-    node = record
-    while True:
-        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-        key = draw(st.sampled_from(keys))
-        if isinstance(node[key], (dict, list)) and node[key] and draw(st.booleans()):
-            node = node[key]
-            continue
-        if isinstance(node, dict) and draw(st.booleans()):
-            del node[key]
-        else:
-            node[key] = draw(JSON)
-        return record
-
-
 @settings(max_examples=500, deadline=None, database=None)
-@given(st.one_of(JSON, mutated()))
+@given(st.one_of(JSON, mutated(VALID, JSON)))
 def test_generated_records_give_rankings_or_a_data_error(record):
     try:
         rankings = parse_rankings(record, "f:1")
@@ -553,7 +533,7 @@ def test_generated_records_give_rankings_or_a_data_error(record):
 
 
 @settings(max_examples=100, deadline=None, database=None)
-@given(st.lists(st.one_of(JSON, mutated()), min_size=1, max_size=6))
+@given(st.lists(st.one_of(JSON, mutated(VALID, JSON)), min_size=1, max_size=6))
 def test_generated_tables_give_rankings_or_a_data_error(tmp_path_factory, records):
     """Records that make a table (pyarrow refuses mixed types) read from Parquet as they do from JSON."""
     path = tmp_path_factory.mktemp("t") / "r.parquet"

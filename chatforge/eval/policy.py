@@ -68,15 +68,19 @@ def fact_completion(model, tokenizer, records: list[dict], batch_size: int = 64)
 
 @torch.no_grad()
 def heldout_loss(model, tokenizer, run_dir: Path, seq_len: int, sequences: int = 64) -> dict:
-    """Held-out cross-entropy (nats/token) and perplexity per corpus source."""
+    """Held-out cross-entropy (nats/token) and perplexity per corpus source, and each window's loss (so two models'
+    losses can be compared window by window, with an interval)."""
     sources = discover_sources(corpus_dir(run_dir, ""))
     streams = load_streams(sources, tokenizer, token_cache(run_dir))
     out = {}
     for name, s in streams.items():
         windows = eval_windows(s["val"], seq_len, sequences)
         logits = torch.cat([model(input_ids=windows[i : i + 32, :-1]).logits for i in range(0, len(windows), 32)])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten())
-        out[name] = {"loss": round(float(loss), 4), "perplexity": round(math.exp(float(loss)), 3)}
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(),
+                                                      reduction="none").view(len(windows), -1)
+        loss = float(per_token.mean())
+        out[name] = {"loss": round(loss, 4), "perplexity": round(math.exp(loss), 3),
+                     "windows": [round(float(x), 5) for x in per_token.mean(1)]}
     return out
 
 

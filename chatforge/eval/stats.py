@@ -80,7 +80,8 @@ def best_of(picks: list[tuple[float, float, float]]) -> dict:
         return {"prompts": 0}
     random_, picked, best = (sum(p[i] for p in picks) / len(picks) for i in range(3))
     return {"prompts": len(picks), "random": round(random_, 4), "reward_model": round(picked, 4), "best": round(best, 4),
-            "share": round((picked - random_) / (best - random_), 4) if best > random_ else None}
+            "share": round((picked - random_) / (best - random_), 4) if best > random_ else None,
+            "gain_ci95": interval95([p[1] - p[0] for p in picks])}  # the RM's pick over a random answer
 
 
 def agreement(better: float, worse: float) -> float:
@@ -92,3 +93,17 @@ def accuracies(results: dict[str, list[float]]) -> dict:
     """Pairwise accuracy and the number of pairs, per key of `results`."""
     return {"pairwise_accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(results.items())},
             "pairs": {k: len(v) for k, v in sorted(results.items())}}
+
+
+def verdict(low: float, high: float) -> str:
+    """What a difference with this 95% interval is: a gain or a loss if the interval leaves out 0, else noise."""
+    return "gain" if low > 0 else "loss" if high < 0 else "within noise"
+
+
+def paired_delta(after: dict[str, float], before: dict[str, float]) -> dict:
+    """The mean of after - before over the keys both have (prompts, held-out windows), with its 95% interval and
+    whether that is a gain, a loss or noise."""
+    keys = [k for k in after if k in before]
+    diffs = [after[k] - before[k] for k in keys]
+    low, high = interval95(diffs)
+    return {"delta": round(sum(diffs) / len(diffs), 4), "ci95": [low, high], "n": len(keys), "verdict": verdict(low, high)}

@@ -17,10 +17,10 @@ from typing import Sequence
 
 from chatforge.errors import UserError
 from chatforge.io import atomic_write_text, read_json
-from chatforge.report.tables import comparison_rows, format_vs_sft, own_rows, wrong_side
+from chatforge.report.tables import by_stage, comparison_rows, format_vs_sft, own_rows, stage_gains, wrong_side
 from chatforge.train.loop import read_metrics
 
-EVAL_STAGES = ("base", "sft", "ppo")
+EVAL_STAGES = ("base", "sft", "ppo", "ppo-judge", "ppo-noptx")
 
 
 def _json(path: Path) -> dict | None:
@@ -203,13 +203,14 @@ def render(run_dir: Path, trained: Sequence[str] = ("base", "sft", "reward", "pp
         raise UserError(f"{run_dir}: not a run directory (no recipe.yaml)")
     results = [r for r in (_json(run_dir / "eval" / f"{s}.json") for s in EVAL_STAGES) if r]
     world = all("qa" in r for r in results)
+    rm = _json(run_dir / "eval" / "reward.json")
     judge = "the gold judge stands in for people" if world else "your own held-out data, judged by the reward model"
     parts = [f"<h1>chatforge run: {html.escape(run_dir.name)}</h1>",
              f"<p class=note>{html.escape(str(run_dir))}, rendered {time.strftime('%Y-%m-%d %H:%M')}. "
              f"Every number below is measured on the run's held-out data; {judge}.</p>",
              "<h2>Stages</h2>", stage_table(run_dir, trained),
-             *(_world_models(results) if world else _own_models(results)),
-             *_reward_model(_json(run_dir / "eval" / "reward.json")), *_curves(run_dir)]
+             *(_world_models(results, rm) if world else _own_models(results)),
+             *_reward_model(rm), *_curves(run_dir)]
     if len(results) > 1:
         parts += ["<h2>The same held-out prompts, answered by each model</h2>",
                   answers_side_by_side(results) if world else own_answers_side_by_side(results)]
@@ -222,14 +223,21 @@ def render(run_dir: Path, trained: Sequence[str] = ("base", "sft", "reward", "pp
     return out
 
 
-def _world_models(results: list[dict]) -> list[str]:
+def _world_models(results: list[dict], rm: dict | None) -> list[str]:
     if not results:
         return []
     parts = ["<h2>Evaluation of each model</h2>",
              "<p class=note>Greedy answers to held-out users' prompts, scored by the gold judge; fact completion of "
              "every fact's stem; held-out corpus loss (the alignment tax).</p>", eval_table(results), *_wrong_side(results)]
-    if "vs_sft" in results[-1]:
-        parts += ["<h2>PPO against SFT</h2>", f"<pre>{html.escape(format_vs_sft(results[-1]['vs_sft']))}</pre>"]
+    rows = [[html.escape(label), html.escape(what), f"{d['delta']:+.3f}", f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]",
+             html.escape(d["verdict"])] for label, what, d in stage_gains(results, rm)]
+    if rows:
+        parts += ["<h2>What each step added</h2>", "<p class=note>Differences paired over the same held-out prompts "
+                  "(gold reward) or corpus windows (loss), with 95% intervals; one whose interval holds 0 is noise, "
+                  "not a gain.</p>", _table(["step", "measured by", "difference", "95% interval", "so"], rows)]
+    ppo = by_stage(results).get("ppo", {})
+    if "vs_sft" in ppo:
+        parts += ["<h2>PPO against SFT</h2>", f"<pre>{html.escape(format_vs_sft(ppo['vs_sft']))}</pre>"]
     return parts
 
 

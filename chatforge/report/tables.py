@@ -3,6 +3,8 @@ HTML report shows too."""
 
 from __future__ import annotations
 
+from chatforge.eval.stats import paired_delta, verdict
+
 
 def wrong_side(by_request: dict[str, dict[str, list[int]]]) -> list[str]:
     """The requests answered on the wrong side at least once: harmful ones not always refused, benign ones refused."""
@@ -151,12 +153,17 @@ def results_card(results: list[dict], rm: dict | None, timings: dict[str, float]
     for label, key, fmt in metrics:
         cells = [fmt.format(r["qa"]["metrics"][key]) if key in r["qa"]["metrics"] else "-" for r in results]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    vs = results[-1].get("vs_sft")
+    vs = by_stage(results).get("ppo", {}).get("vs_sft")
     if vs:
         w, g = vs["win_rate"]["all"], vs["gold_reward"]
         lines.append(f"\nPPO against SFT: win rate {w['win_rate']:.1%} [{w['ci95'][0]:.1%}, {w['ci95'][1]:.1%}] "
                      f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses); gold reward {g['delta']:+.3f} "
                      f"[{g['delta_ci95'][0]:+.3f}, {g['delta_ci95'][1]:+.3f}]; KL to SFT {vs['kl_to_sft']:.2f} nats.")
+    gains = stage_gains(results, rm)
+    if gains:
+        lines += ["", "| step | measured by | difference [95% interval] | so |", "|---|---|---|---|"]
+        lines += [f"| {label} | {what} | {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {d['verdict']} |"
+                  for label, what, d in gains]
     return "\n".join(lines + _card_footer(rm, timings))
 
 
@@ -173,3 +180,52 @@ def _card_footer(rm: dict | None, timings: dict[str, float]) -> list[str]:
         lines.append("Time: " + ", ".join(f"{s} {int(t) // 60}:{int(t) % 60:02d}" for s, t in timings.items() if t >= 1)
                      + f"; {int(total) // 60}:{int(total) % 60:02d} in all.")
     return ["", *lines] if lines else []
+
+
+# ----------------------------------------------------------------------------- what each stage added (the world)
+
+
+def by_stage(results: list[dict]) -> dict[str, dict]:
+    return {r["stage"]: r for r in results}
+
+
+def stage_gains(results: list[dict], rm: dict | None) -> list[tuple[str, str, dict]]:
+    """(step, what is measured, {delta, ci95, verdict, ...}) for each step of the pipeline the run can tell apart, from
+    its own evaluations: paired over the same held-out prompts (gold reward) or corpus windows (loss)."""
+    m, rows = by_stage(results), []
+
+    def gold(stage: str) -> dict[str, float]:
+        return m[stage]["qa"]["gold"]
+
+    for before, after, label in (("base", "sft", "base → SFT"), ("sft", "ppo", "SFT → PPO"),
+                                 ("ppo", "ppo-judge", "PPO → PPO against the gold judge (a perfect reward model)")):
+        if before in m and after in m and "gold" in m[before]["qa"] and "gold" in m[after]["qa"]:
+            rows.append((label, "gold reward", paired_delta(gold(after), gold(before))))
+    best = ((rm or {}).get("eval_users") or {}).get("best_of_k") or {}
+    if best.get("gain_ci95"):
+        low, high = best["gain_ci95"]
+        rows.insert(1, ("SFT → best of K by the reward model", "gold reward of its pick over a random answer",
+                        {"delta": round(best["reward_model"] - best["random"], 4), "ci95": [low, high],
+                         "n": best["prompts"], "verdict": verdict(low, high), "share": best.get("share")}))
+    if "ppo" in m and "ppo-noptx" in m:
+        rows.append(("PPO-ptx against plain PPO", "gold reward", paired_delta(gold("ppo"), gold("ppo-noptx"))))
+        rows.append(("PPO-ptx against plain PPO", "held-out corpus loss (lower is better)",
+                     _loss_delta(m["ppo"], m["ppo-noptx"])))
+    return rows
+
+
+def _loss_delta(after: dict, before: dict) -> dict:
+    """The held-out corpus loss of `after` less `before`, window by window over every source: a drop is the gain."""
+    windows = lambda r: {f"{s}/{i}": x for s, v in r["heldout"].items() for i, x in enumerate(v.get("windows", []))}  # noqa: E731
+    out = paired_delta(windows(after), windows(before))
+    out["verdict"] = {"gain": "loss", "loss": "gain"}.get(out["verdict"], out["verdict"])
+    return out
+
+
+def format_gains(rows: list[tuple[str, str, dict]]) -> str:
+    """The table of what each step added, every number with its 95% interval and what it is: gain, loss or noise."""
+    lines = ["what each step added (95% intervals over the same held-out prompts or corpus windows):"]
+    for label, what, d in rows:
+        lines.append(f"  {label:<58} {what:<42} {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]  "
+                     f"{d['verdict']}")
+    return "\n".join(lines)
