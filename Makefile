@@ -22,7 +22,7 @@ demo: install
 	$(VENV)/bin/chatforge run --recipe $(RECIPE) --run $(RUN)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -39,7 +39,7 @@ def smol_run(smollm2, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("own") / "smol"
     sets = [x for s in FAST for x in ("--set", s)]
     cli("run", "--recipe", str(RECIPES / "smollm2-cpu.yaml"), "--run", str(run), "--base-model", str(smollm2),
-        "--sft-data", str(DATA / "sft"), "--preferences", str(DATA / "prefs"), "--prompts", str(DATA / "prompts.jsonl"),
+        "--sft-data", str(DATA / "sft"), "--preferences", str(DATA / "prefs"), "--prompts", str(DATA.parent / "prompts.jsonl"),
         "--lora-rank", "8", *sets)
     return run
 
