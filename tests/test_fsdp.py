@@ -21,9 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from chatforge import dist
+from chatforge.generate import generate
 from conftest import same_model_file, top_level
-
-pytestmark = pytest.mark.slow
 
 FSDP = ("--set", "compute.parallel=fsdp")
 # Relative difference allowed between a one-process and a two-process loss at the same step. Both runs compute the
@@ -95,6 +95,7 @@ def fsdp_sft(tiny_base, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_sft_follows_one_process_and_saves_a_transformers_model(fsdp_sft, tiny_rm):
     from transformers import AutoModelForCausalLM
 
@@ -111,6 +112,7 @@ def test_sft_follows_one_process_and_saves_a_transformers_model(fsdp_sft, tiny_r
     assert {n for n, _ in a.named_parameters()} == {n for n, _ in b.named_parameters()}
 
 
+@pytest.mark.slow
 def test_sft_killed_after_a_checkpoint_resumes_into_the_same_model(fsdp_sft, tiny_base, tmp_path):
     run = tmp_path / "killed"
     shutil.copytree(tiny_base, run, ignore=top_level(tiny_base, "sft", "eval"))
@@ -132,6 +134,7 @@ def untimed(records: dict[int, dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records.values()]
 
 
+@pytest.mark.slow
 def test_reward_and_ppo_run_under_fsdp(tiny_rm, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -158,3 +161,43 @@ def test_reward_and_ppo_run_under_fsdp(tiny_rm, tmp_path):
     policy = AutoModelForCausalLM.from_pretrained(run / "ppo")
     out = policy.generate(torch.tensor([[5, 17, 42]]), max_new_tokens=4, do_sample=False)
     assert out.shape[1] > 3
+
+
+# ----------------------------------------------------------------------------- keeping in step, one process
+
+
+def test_a_process_with_fewer_eval_batches_runs_a_dropped_one(monkeypatch):
+    """17 items, batches of 8, two processes: rank 0 has 9 items (2 batches), rank 1 has 8 (1 batch); under FSDP2
+    rank 1 must run a second forward, whose result does not count."""
+    items = list(range(17))
+    monkeypatch.setattr(dist, "sharded", lambda model: True)
+    monkeypatch.setattr(dist, "_state", dist.Dist(rank=1, world_size=2))
+    assert dist.eval_batches(items, 8, None) == [(items[1::2], True), (items[:8], False)]
+    monkeypatch.setattr(dist, "_state", dist.Dist(rank=0, world_size=2))
+    assert dist.eval_batches(items, 8, None) == [(items[0:16:2], True), ([16], True)]
+    monkeypatch.setattr(dist, "sharded", lambda model: False)  # DDP, or one process: no extra forward
+    monkeypatch.setattr(dist, "_state", dist.Dist(rank=1, world_size=2))
+    assert dist.eval_batches(items, 8, None) == [(items[1::2], True)]
+
+
+def test_generation_in_lockstep_answers_as_alone(monkeypatch):
+    """A process whose rows have all ended keeps stepping while another process still generates (FSDP2: each forward
+    needs every process); its answers are those it gives alone."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    prompts = [[1, 2, 3], [4, 5], [6]]
+    free = generate(model, prompts, 12, pad_id=0, stop_ids=[49])
+    stop = free[0].tokens[2]  # the third token of the first answer ends it (and maybe others) early
+    alone = generate(model, prompts, 12, pad_id=0, stop_ids=[stop])
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    calls = []
+    # another process is still generating for its first 10 checks
+    monkeypatch.setattr(dist, "all_true", lambda flag: calls.append(flag) or (flag and len(calls) > 10))
+    monkeypatch.setattr(dist, "sharded", lambda m: True)
+    stepped = generate(model, prompts, 12, pad_id=0, stop_ids=[stop])
+    assert stepped == alone
+    assert all(g.finished for g in alone) and len(calls) == 11 and len(forwards) == 11 + 1
