@@ -180,7 +180,7 @@ def dispatch(args):
         (chat if args.command == "chat" else app).main(args)
         return
     run_dir, recipe, target = resolve_recipe(args)
-    dist.init(recipe.compute.device)
+    dist.init(recipe.compute.device, recipe.compute.parallel)
     with committed(run_dir, target, recipe):
         if args.command == "run":
             pipeline.run_all(run_dir, recipe)

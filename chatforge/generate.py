@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from chatforge import dist
+
 
 @dataclass
 class Generation:
@@ -91,8 +93,12 @@ def generate(
 
     on_step, if given, sees each step's new token per row (pad_id for rows already done) and may
     return row indices to end there (a client went away, or the row reached its own length
-    limit): what streaming and serving need. It costs a device sync per step."""
+    limit): what streaming and serving need. It costs a device sync per step.
+
+    A model sharded over processes (FSDP2) needs every process in each of its forwards: then all take the same
+    number of steps, until every row of every process has ended (a process whose rows are all done feeds them on)."""
     device = next(model.parameters()).device
+    lockstep = dist.sharded(model)
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
@@ -113,9 +119,10 @@ def generate(
             ended = set(on_step(step.tolist()) or ())
             if ended:
                 done |= torch.tensor([int(r) in ended for r in rows.tolist()], device=device)
-        if done.all():
+        if (dist.all_true(bool(done.all())) if lockstep else done.all()):
             break
-        if 2 * int(done.sum()) >= len(done):
+        num_done = int(done.sum())
+        if len(done) > num_done and 2 * num_done >= len(done):  # (all done: only a sharded model's lockstep goes on)
             # Half the rows have ended: drop them from the batch and the cache. One long answer no longer
             # makes every finished row pay for its steps (sampling K answers is mostly such stragglers).
             keep = (~done).nonzero().squeeze(-1)

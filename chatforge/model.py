@@ -177,15 +177,23 @@ def train_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
 # ----------------------------------------------------------------------------- saving
 
 
-def save_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path, lora: LoraConfig | None = None):
+def save_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path, lora: LoraConfig | None = None,
+                    weights: dict[str, torch.Tensor] | None = None):
     """A directory `transformers` loads as is (weights, config, tokenizer, template). LoRA adapters are merged into
     the weights, unless lora.keep_adapter: then the adapter alone, in peft's format, naming its base model. Weights
-    are saved in the dtype the base model was published in (bf16 for most), ours in fp32."""
+    are saved in the dtype the base model was published in (bf16 for most), ours in fp32. `weights`: the whole
+    weights of a model sharded over processes, which it does not hold itself, written in place of its own."""
     out_dir = Path(out_dir)
     if isinstance(model, peft.PeftModel) and not (lora and lora.keep_adapter):
         model = model.merge_and_unload()
     published = getattr(model.config, "dtype", None)
     if published in (torch.bfloat16, torch.float16) and not isinstance(model, peft.PeftModel):
-        model = model.to(published)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+        if weights is None:
+            model = model.to(published)
+        else:
+            weights = {k: v.to(published) if v.is_floating_point() else v for k, v in weights.items()}
+    model.save_pretrained(str(out_dir), safe_serialization=True, state_dict=weights)
+    if weights is not None and published in (torch.bfloat16, torch.float16):
+        model.config.dtype = published  # save_pretrained wrote the dtype of the (fp32) shards the model holds
+        model.config.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))

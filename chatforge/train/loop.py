@@ -68,7 +68,9 @@ def clip_and_step(params, optimizer: torch.optim.Optimizer, max_norm: float) -> 
     """Clip the global gradient norm of `params` (a model's parameters, or a list) if max_norm > 0, step, zero the
     grads; returns the pre-clip norm."""
     params = [p for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    # clip_grad_norm_ in its two halves, so that a sharded model's norm (a sum over shards) is reduced before use
+    norm = dist.whole(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm if max_norm > 0 else float("inf"), norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)
@@ -133,6 +135,40 @@ def trained_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def trained_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def gathered(model: torch.nn.Module, optimizers: dict) -> tuple[dict, dict]:
+    """(trained weights, optimizer state dicts) in the checkpoint's layout, on rank 0 ({} elsewhere). A sharded model's
+    (FSDP2) are gathered from every process's shards: every process calls this."""
+    if not dist.sharded(model):
+        if not dist.get().is_main:
+            return {}, {}
+        return trained_weights(model), {key: opt.state_dict() for key, opt in optimizers.items()}
+    weights = dist.full_weights(model)
+    states = {key: dist.full_optimizer_state(model, opt) for key, opt in optimizers.items()}
+    if not dist.get().is_main:
+        return {}, {}
+    return {n: weights[n] for n in trained_names(model)}, {key: by_number(s) for key, s in states.items()}
+
+
+def by_number(state: dict) -> dict:
+    """An optimizer state keyed by parameter name (torch.distributed.checkpoint's) in Optimizer.state_dict()'s layout,
+    parameters numbered in the order of the param groups: one checkpoint format, however the run was spread."""
+    number = {name: i for i, name in enumerate(n for g in state["param_groups"] for n in g["params"])}
+    return {"state": {number[n]: s for n, s in state["state"].items()},
+            "param_groups": [{**g, "params": [number[n] for n in g["params"]]} for g in state["param_groups"]]}
+
+
+def by_name(state: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
+    """The inverse of `by_number` for `optimizer` over `model`'s parameters: number i is its i-th parameter's name."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    return {"state": {names[i]: s for i, s in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
 class Checkpointer:
     """stage_dir/checkpoints/step-000100/{model,optimizer}.safetensors + state.json; LATEST points at one."""
 
@@ -148,28 +184,32 @@ class Checkpointer:
         return path if (path / "state.json").exists() else None
 
     def save(self, step: int, model: torch.nn.Module, optimizers: dict, state: dict):
-        """Rank 0 writes; every rank waits, so none runs ahead of a checkpoint it may resume from."""
+        """Every rank gathers (a sharded model's state is in pieces), rank 0 writes; every rank waits, so none runs
+        ahead of a checkpoint it may resume from."""
+        weights, optimizer_states = gathered(model, optimizers)
         if dist.get().is_main:
-            name = f"step-{step:07d}"
-            tmp = self.root / f".{name}.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            save_file(trained_weights(model), str(tmp / "model.safetensors"))
-            tensors: dict = {"rng.torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                tensors["rng.cuda"] = torch.cuda.get_rng_state()
-            skeleton = {k: _flatten(opt.state_dict(), f"opt.{k}", tensors) for k, opt in optimizers.items()}
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            atomic_write_json(tmp / "optimizer.json", skeleton)
-            atomic_write_json(tmp / "state.json", {**state, "step": step})
-            final = self.root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            atomic_write_text(self.root / "LATEST", name + "\n")
-            self._prune(keep_name=name)
+            self._write(f"step-{step:07d}", weights, optimizer_states, {**state, "step": step})
         dist.barrier()
+
+    def _write(self, name: str, weights: dict, optimizer_states: dict, state: dict):
+        tmp = self.root / f".{name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / "model.safetensors"))
+        tensors: dict = {"rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        skeleton = {k: _flatten(s, f"opt.{k}", tensors) for k, s in optimizer_states.items()}
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        atomic_write_json(tmp / "optimizer.json", skeleton)
+        atomic_write_json(tmp / "state.json", state)
+        final = self.root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(self.root / "LATEST", name + "\n")
+        self._prune(keep_name=name)
 
     def _prune(self, keep_name: str):
         steps = sorted(p for p in self.root.glob("step-*") if p.is_dir())
@@ -178,8 +218,9 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load(self, model: torch.nn.Module, optimizers: dict) -> dict:
-        """Restore model, optimizers and RNG from the newest checkpoint; returns its state. A checkpoint that cannot
-        be read back (a damaged disk, a file edited by hand) is a DataError that says how to start over."""
+        """Every rank loads the newest checkpoint (a sharded model keeps its shard of each tensor); returns its state.
+        A checkpoint that cannot be read back (a damaged disk, a file edited by hand) is a DataError that says how to
+        start over."""
         path = self.latest()
         assert path is not None, "load() called without a checkpoint"
         try:
@@ -190,12 +231,16 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - safetensors and json raise their own kinds; all mean "damaged"
             raise DataError(f"{path}: the checkpoint cannot be read ({str(e).splitlines()[0][:120]}); delete "
                             f"{self.root} to start the stage from the beginning") from None
-        if set(saved) != set(trained_weights(model)):
+        if set(saved) != set(trained_names(model)):
             raise DataError(f"{path}: the checkpoint does not fit the model (another recipe made it); delete "
                             f"{self.root} to start the stage from the beginning")
-        model.load_state_dict(saved, strict=False)
-        for key, opt in optimizers.items():
-            opt.load_state_dict(_unflatten(skeleton[key], tensors))
+        states = {key: _unflatten(skeleton[key], tensors) for key in optimizers}
+        if dist.sharded(model):
+            dist.load_full(model, saved, {opt: by_name(states[key], opt, model) for key, opt in optimizers.items()})
+        else:
+            model.load_state_dict(saved, strict=False)
+            for key, opt in optimizers.items():
+                opt.load_state_dict(states[key])
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
@@ -266,7 +311,7 @@ class StageRun:
             ...                                    # the stage's own step
             state = {...,"step": step + 1}
             run.end_step(state, record)            # metrics.jsonl, progress bar, checkpoint when due
-        return run.finish(summary, save=...)       # the model, then summary.json: the stage is complete
+        return run.finish(summary, model, save, ...)  # the model, then summary.json: the stage is complete
 
     `start` resumes from the newest checkpoint (model, optimizers, RNG, state) or, starting fresh, writes
     stage_config.json. Whether a stage is already complete is the registry's business (`chatforge.stages`).
@@ -301,11 +346,15 @@ class StageRun:
         if self.due(state["step"], self.save_every):
             self.ckpt.save(state["step"], self.model, self.optimizers, state)
 
-    def finish(self, summary: dict, save: Callable[[Path], None], message: str) -> dict:
-        """Rank 0 saves the model into the stage directory, then writes summary.json, the mark of a complete stage."""
+    def finish(self, summary: dict, model: torch.nn.Module, save: Callable[[Path, dict | None], None],
+               message: str) -> dict:
+        """Rank 0 saves the model into the stage directory, `save(dir, weights)`, then writes summary.json, the mark of a
+        complete stage. weights: None, or, when `model` (the one `save` writes) is sharded, its whole weights, which
+        every rank gathers first (to hand to `save_pretrained`: no process holds them)."""
         self.bar.close()
+        weights = dist.full_weights(model)
         if dist.get().is_main:
-            save(self.dir)
+            save(self.dir, weights)
             files = {p.name: file_digest(p) for p in sorted(self.dir.glob("*.safetensors"))}
             atomic_write_json(self.dir / "summary.json", {"stage": self.name, **summary, "files": files})
             shutil.rmtree(self.ckpt.root, ignore_errors=True)  # the model is saved: resuming is over

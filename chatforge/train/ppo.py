@@ -493,12 +493,14 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     judge = Judge.from_world(world_data(run_dir)) if has_world(run_dir) and any("gold" in p for p in prompts) else None
     scorer = _scorer(cfg, models, judge, prompts, report["context"])
     ptx = _ptx_sampler(run_dir, recipe, models.tokenizer) if cfg.ptx_coef > 0 else None
+    train = (dist.wrap(models.policy, cfg.dtype), dist.wrap(models.value, cfg.dtype))
+    if dist.sharded(models.policy):  # FSDP2 replaced the parameters by shards (LoRA, whose lists differ, is refused)
+        models.policy_params, models.value_params = list(models.policy.parameters()), list(models.value.parameters())
     optimizers = {"policy": make_optimizer(models.policy_params, cfg.optim),
                   "value": make_optimizer(models.value_params, cfg.optim, lr=cfg.value_lr)}
     frame = StageRun("ppo", out, total=cfg.iterations, save_every=cfg.save_every, unit="iteration")
     state = frame.start(models.trained, optimizers, {"step": 0, "seconds": 0.0, "beta": cfg.kl_coef},
                         {"ppo": asdict(cfg), "prompts": report})
-    train = (dist.wrap(models.policy), dist.wrap(models.value))
     order = EpochOrder(len(prompts), cfg.seed)
     dist.print0(f"ppo: {len(prompts)} prompts ({report['path']}), {cfg.iterations} iterations of {cfg.batch_size} "
                 f"episodes, {cfg.ppo_epochs} epochs x {cfg.minibatches} minibatches, β {state['beta']:.3f}"
@@ -561,17 +563,17 @@ def _finish(frame: StageRun, models: Models, state: dict, report: dict, cfg: PPO
     records = read_metrics(frame.dir / "metrics.jsonl") if d.is_main else []
     summary.update(overoptimisation(records))
 
-    def save(out: Path):
+    def save(out: Path, weights: dict | None):
         policy = models.policy
         if isinstance(policy, AdapterView):  # the policy's adapter alone: merged into the base, or kept
             policy = models.trained["policy"]
             policy.set_adapter("default")
             policy.delete_adapter("value")
-        save_pretrained(policy, models.tokenizer, out, cfg.lora)
+        save_pretrained(policy, models.tokenizer, out, cfg.lora, weights)
         plot_overoptimisation(records, out / "overoptimisation.png")
 
     last = records[-1] if records else {}
-    result = frame.finish(summary, save, f"in {summary['train_seconds']:.0f}s; last iteration: RM reward "
+    result = frame.finish(summary, models.policy, save, f"in {summary['train_seconds']:.0f}s; last iteration: RM reward "
                           f"{last.get('reward/rm', float('nan')):+.3f}, gold {last.get('reward/gold', float('nan')):+.3f}, "
                           f"KL {last.get('kl', float('nan')):.2f} nats")
     if summary.get("overoptimised"):

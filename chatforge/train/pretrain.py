@@ -40,14 +40,13 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     dist.print0(f"pretrain: mixture {sampler.describe()}")
     model = _init_model(recipe, tokenizer).to(d.device)
     check_context("pretrain.seq_len", cfg.seq_len, model.config.max_position_embeddings)
+    micro, accum = _micro_batching(cfg, d.world_size)
+    train_model = dist.wrap(_compiled(model, sampler, cfg, micro, d), cfg.dtype)  # before the optimizer (FSDP2 shards)
     optimizer = make_optimizer(model, cfg.optim)
     frame = StageRun("pretrain", out, total=cfg.steps, save_every=cfg.save_every)
     state = frame.start(model, {"adamw": optimizer}, {"step": 0, "tokens": 0, "seconds": 0.0},
                         {"pretrain": asdict(cfg), "model": model.config.to_dict()})
     samples = MetricsLog(out / "samples.jsonl", resume_step=state["step"])  # a resumed run samples those steps again
-    micro, accum = _micro_batching(cfg, d.world_size)
-    example = sampler.rank_rows(state["step"], cfg.batch_size)[:micro].to(d.device)
-    train_model = dist.wrap(maybe_compile(model, example) if cfg.compile else model)
     flops_per_token = train_flops_per_token(model, cfg.seq_len)
     ceiling = machine_ceiling(d)
     meter = Throughput(flops_per_token)
@@ -71,7 +70,7 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
             ceiling = max(ceiling, machine_ceiling(d))
             record["matmul_ceiling"] = round(ceiling)
             frame.bar.write(f"step {step + 1}: held-out loss " + ", ".join(f"{k[4:]} {v:.3f}" for k, v in record.items() if k.startswith("val/")))
-        if cfg.sample_every and frame.due(step + 1, cfg.sample_every) and d.is_main:
+        if cfg.sample_every and frame.due(step + 1, cfg.sample_every) and (d.is_main or dist.sharded(model)):
             _print_samples(model, tokenizer, cfg, step + 1, samples, frame.bar)
         frame.end_step(state, record, loss=f"{loss['loss']:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}",
                        util=f"{meter.flops_per_s / ceiling:.0%}")
@@ -98,18 +97,31 @@ def evaluate(model, val_streams: dict[str, torch.Tensor], cfg: PretrainConfig, d
     model.eval()
     out = {}
     for name, stream in val_streams.items():
-        windows = eval_windows(stream, cfg.seq_len, cfg.eval_sequences)[d.rank :: d.world_size]
         total = torch.zeros(2, device=d.device)  # [sum of losses, number of windows]
-        for i in range(0, len(windows), cfg.micro_batch_size):
-            chunk = windows[i : i + cfg.micro_batch_size].to(d.device)
+        for chunk, counts in dist.eval_batches(eval_windows(stream, cfg.seq_len, cfg.eval_sequences),
+                                               cfg.micro_batch_size, model):
+            chunk = chunk.to(d.device)
             with autocast(d.device, cfg.dtype):
-                total[0] += next_token_loss(model, chunk) * len(chunk)
-            total[1] += len(chunk)
+                loss_sum = next_token_loss(model, chunk) * len(chunk)
+            if counts:
+                total[0] += loss_sum
+                total[1] += len(chunk)
         total = dist.all_reduce_sum(total)
         out[f"val/{name}"] = round(float(total[0] / total[1]), 6)
     out["val/mean"] = round(sum(out.values()) / len(out), 6)
     model.train()
     return out
+
+
+def _compiled(model, sampler, cfg: PretrainConfig, micro: int, d: dist.Dist):
+    """The model to train: compiled if asked, but under FSDP2 eager (its sharding hooks would sit inside this compile,
+    which takes the whole model; compiling block by block, before sharding, is not done here)."""
+    if not cfg.compile:
+        return model
+    if d.shards:
+        dist.print0("pretrain: torch.compile is off under compute.parallel=fsdp (the model runs eagerly)")
+        return model
+    return maybe_compile(model, sampler.rank_rows(0, cfg.batch_size)[:micro].to(d.device))  # a step's shapes
 
 
 def maybe_compile(model, example_BT1: torch.Tensor):
@@ -158,7 +170,8 @@ def _print_samples(model, tokenizer, cfg: PretrainConfig, step: int, log: Metric
     texts = complete(model, tokenizer, cfg.sample_prompts, max_new_tokens=24)
     model.train()
     lines = [f"  {p!r} -> {c!r}" for p, c in zip(cfg.sample_prompts, texts)]
-    bar.write(f"step {step}: greedy samples\n" + "\n".join(lines))
+    if dist.get().is_main:  # under FSDP2 every process samples (each forward needs them all); one prints
+        bar.write(f"step {step}: greedy samples\n" + "\n".join(lines))
     log.log({"step": step, "samples": dict(zip(cfg.sample_prompts, texts))})
 
 
@@ -173,6 +186,6 @@ def _finish(frame: StageRun, model, tokenizer, state: dict, flops_per_token: flo
         "matmul_ceiling_flops_per_s": round(ceiling), "utilisation": round(tokens_per_s * flops_per_token / ceiling, 4),
         "parameters": num_params(model), "world_size": d.world_size,
     }
-    return frame.finish(summary, lambda out: save_pretrained(model, tokenizer, out),
+    return frame.finish(summary, model, lambda out, weights: save_pretrained(model, tokenizer, out, weights=weights),
                         f"final loss {summary['final_loss']}, {summary['tokens_per_s']:,} tokens/s, "
                         f"{summary['utilisation']:.0%} of the matmul ceiling")

@@ -154,11 +154,11 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
         raise UserError(f"reward.batch_size ({cfg.batch_size}) must divide over {d.world_size} processes")
     steps = max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     model = _init_model(sft_dir, tokenizer, cfg, recipe.compute, d)
+    train_model = dist.wrap(model, cfg.dtype)  # before the optimizer: FSDP2 replaces the parameters by shards
     optimizer = make_optimizer(model, cfg.optim)
     frame = StageRun("reward", out, total=steps, save_every=cfg.save_every)
     state = frame.start(model, {"adamw": optimizer}, {"step": 0, "seconds": 0.0},
                         {"reward": asdict(cfg), "rankings": str(path), "steps": steps})
-    train_model = dist.wrap(model)
     order = EpochOrder(len(train), cfg.seed)
     pad_id = reward_pad_id(tokenizer)
     k_mean = sum(len(e.seqs) for e in train) / len(train)
@@ -200,11 +200,11 @@ def evaluate(model, held: list[Encoded], pad_id: int, d, batch: int = 16) -> flo
     """Pairwise accuracy on held-out rankings against their own order (each process every N-th prompt)."""
     model.eval()
     right, total = 0.0, 0
-    mine = held[d.rank :: d.world_size]
-    for i in range(0, len(mine), batch):
-        ids, lengths, ranks, valid = (x.to(d.device) for x in collate(mine[i : i + batch], pad_id))
+    for items, counts in dist.eval_batches(held, batch, model):
+        ids, lengths, ranks, valid = (x.to(d.device) for x in collate(items, pad_id))
         r, t = pairwise_accuracy(on_grid(rewards_of(model, ids, lengths), valid), ranks, valid)
-        right, total = right + r, total + t
+        if counts:
+            right, total = right + r, total + t
     sums = dist.all_reduce_sum(torch.tensor([right, float(total)], device=d.device))
     model.train()
     return float(sums[0] / sums[1].clamp(min=1))
@@ -217,13 +217,13 @@ def _finish(frame: StageRun, model, tokenizer, train: list[Encoded], held: list[
     summary = {"steps": state["step"], "train_seconds": round(state["seconds"], 1),
                "train_prompts": len(train), "heldout_prompts": len(held), "final_loss": final.get("loss"),
                "val_accuracy": final.get("val/accuracy"), "world_size": d.world_size}
-    if d.is_main:
+    if d.is_main or dist.sharded(model):  # each forward of a sharded model needs every process (all get the same bias)
         model.eval()
         # The SFT model's answers score 0 on average: the reward's zero means "as good as SFT already is".
         raw = rewards_of_seqs(model, [seq for e in train for seq in e.seqs], reward_pad_id(tokenizer))
         bias = -sum(raw) / len(raw)
         (model.get_base_model() if cfg.lora.rank else model).config.reward_bias = bias
         summary["reward_bias"] = round(bias, 6)
-    return frame.finish(summary, lambda out: save_pretrained(model, tokenizer, out, cfg.lora),
+    return frame.finish(summary, model, lambda out, weights: save_pretrained(model, tokenizer, out, cfg.lora, weights),
                         f"loss {summary['final_loss']}, held-out pairwise accuracy {summary['val_accuracy']}, "
                         f"bias {summary.get('reward_bias', 0.0):+.3f}")

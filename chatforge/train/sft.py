@@ -55,11 +55,11 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     num_replay, num_sft = _split_batch(cfg, d.world_size, has_corpus(run_dir, recipe.pretrain.corpus))
     replay = _replay_sampler(run_dir, recipe, tokenizer) if num_replay else None
     model = _load_model(base_dir, cfg, recipe.compute, d)
+    train_model = dist.wrap(model, cfg.dtype)  # before the optimizer: FSDP2 replaces the parameters by shards
     optimizer = make_optimizer(model, cfg.optim)
     frame = StageRun("sft", out, total=cfg.steps, save_every=cfg.save_every)
     state = frame.start(model, {"adamw": optimizer}, {"step": 0, "seconds": 0.0, "tokens": 0},
                         {"sft": asdict(cfg), "base": str(base_dir)})
-    train_model = dist.wrap(model)
     order = EpochOrder(len(train), cfg.seed)
     dist.print0(f"sft: {len(train)} dialogues, {num_params(model) / 1e6:.2f}M parameters ({num_trained(model) / 1e6:.2f}M "
                 f"trained), batch {cfg.batch_size} = {num_sft} dialogues + {num_replay} replay windows, "
@@ -116,12 +116,12 @@ def evaluate(model, val, cfg: SFTConfig, pad_id: int, d) -> float:
     """Mean cross-entropy per assistant token on held-out dialogues (each process takes every N-th)."""
     model.eval()
     total = torch.zeros(2, device=d.device)
-    mine = val[d.rank :: d.world_size]
-    for i in range(0, len(mine), cfg.micro_batch_size):
-        ids, mask = (x.to(d.device) for x in padded(mine[i : i + cfg.micro_batch_size], pad_id))
+    for batch, counts in dist.eval_batches(val, cfg.micro_batch_size, model):
+        ids, mask = (x.to(d.device) for x in padded(batch, pad_id))
         with autocast(d.device, cfg.dtype):
             loss_sum, count = masked_token_loss(model(input_ids=ids).logits, ids, mask)
-        total += torch.stack([loss_sum.detach(), count])
+        if counts:
+            total += torch.stack([loss_sum.detach(), count])
     total = dist.all_reduce_sum(total)
     model.train()
     return round(float(total[0] / total[1].clamp(min=1)), 6)
@@ -173,5 +173,5 @@ def _finish(frame: StageRun, model, tokenizer, cfg: SFTConfig, state: dict, d) -
     summary = {"steps": state["step"], "train_seconds": round(state["seconds"], 1),
                "assistant_tokens": state["tokens"], "final_loss": final.get("loss"), "val_loss": final.get("val/loss"),
                "lora_rank": cfg.lora.rank, "world_size": d.world_size}
-    return frame.finish(summary, lambda out: save_pretrained(model, tokenizer, out, cfg.lora),
+    return frame.finish(summary, model, lambda out, weights: save_pretrained(model, tokenizer, out, cfg.lora, weights),
                         f"loss {summary['final_loss']}, held-out {summary['val_loss']}")
