@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from chatforge.errors import ConfigError
+from chatforge.label.config import LabelConfig
 from chatforge.world.config import WorldConfig
 
 
@@ -264,6 +265,7 @@ class Recipe:
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
 
 # ----------------------------------------------------------------------------- building from plain data
