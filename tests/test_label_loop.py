@@ -42,8 +42,8 @@ def test_sample_label_export_reward_ppo(tiny_rm, tmp_path):
     assert stats["tasks"]["done"] == len(tasks) and stats["labels"]["needed"] == 0
     differ = sum(e["body"]["ranks"] != _dense(gold.ranks(store.task(e["task_id"]))) for e in events) / len(events)
     assert 0.0 < differ <= 0.2  # about 10% random labels (a few of which happen to equal the judge's order)
-    for row in stats["annotators"]:
-        assert 0.5 < row["tau_with_gold"] < 1.0 and row["gold_tasks"] > 0
+    taus = [row["tau_with_gold"] for row in stats["annotators"]]
+    assert all(0.5 < tau <= 1.0 for tau in taus) and min(taus) < 1.0 and len(taus) == 3
 
     labels = run / "rankings" / "labels.jsonl"
     label_cli("export", "--run", run, "--out", labels)
