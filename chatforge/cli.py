@@ -5,6 +5,7 @@
     chatforge <stage>   [--run runs/NAME] [the stage's options]      (chatforge <stage> --help lists them)
     chatforge chat      MODEL_DIR [--system TEXT] [--temperature T] [--no-moderation]
     chatforge serve     MODEL_DIR [--host H] [--port P] [--api-key KEY] [--no-moderation]
+    chatforge label     [serve|add-annotator|export|simulate|ai] --run runs/NAME   (docs/labelling.md)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from chatforge import dist, pipeline
 from chatforge.config import Recipe, load_recipe, save_yaml, to_dict
 from chatforge.errors import UserError
 from chatforge.io import atomic_write_bytes
+from chatforge.label import cli as label_cli
 from chatforge.serve import app, chat
 from chatforge.stages import BY_NAME, RUN_OPTIONS, STAGES, Option
 
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         for option in stage.options:
             _add_option(p, option)
     _talk_parsers(sub)
+    label_cli.add_parsers(sub)
     return parser
 
 
@@ -178,6 +181,9 @@ def dispatch(args):
     hf_logging.disable_progress_bar()  # per-file loading bars drown our own progress display
     if args.command in ("chat", "serve"):
         (chat if args.command == "chat" else app).main(args)
+        return
+    if args.command == "label":  # works on a run's samples and its own store, never on the recipe
+        label_cli.main(args)
         return
     run_dir, recipe, target = resolve_recipe(args)
     dist.init(recipe.compute.device, recipe.compute.parallel)

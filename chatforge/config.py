@@ -19,6 +19,7 @@ import yaml
 
 from chatforge.errors import ConfigError
 from chatforge.io import atomic_write_text
+from chatforge.label.config import LabelConfig
 from chatforge.llm import ENV_NAME
 from chatforge.world.config import WorldConfig
 
@@ -372,6 +373,7 @@ class Recipe:
     rank: RankConfig = field(default_factory=RankConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     judge: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)  # an LLM judge for the evaluation; unused if empty
 
