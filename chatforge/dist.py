@@ -14,6 +14,8 @@ import torch
 import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from chatforge.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -42,6 +44,9 @@ def init(device: str = "auto") -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"compute.device is {device}, but this torch sees no CUDA device (torch {torch.__version__}): "
+                          f"set compute.device to auto or cpu")
     if use_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
