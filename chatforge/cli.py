@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from chatforge import dist, pipeline
-from chatforge.config import Recipe, load_recipe, save_yaml, to_dict
+from chatforge.config import Recipe, load_recipe, origin, save_yaml, to_dict
 from chatforge.errors import UserError
 from chatforge.io import atomic_write_bytes
 from chatforge.label import cli as label_cli
@@ -26,6 +27,29 @@ from chatforge.serve import app, chat
 from chatforge.stages import BY_NAME, RUN_OPTIONS, STAGES, Option
 
 DEFAULT_RUN = "runs/laptop"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a command line it cannot read is one line, as every other error is: the usage it
+    would print first is what --help shows."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
+def _in_range(kind: type, low: float, high: float, low_open: bool = False):
+    """An argparse type: a `kind` number in [low, high] (or (low, high] when low_open), nan refused."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if math.isnan(value) or value < low or value > high or (low_open and value == low):
+            bounds = f"{'(' if low_open else '['}{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {text}")
+        return value
+
+    return parse
 
 
 def _common(p: argparse.ArgumentParser):
@@ -49,7 +73,7 @@ def _add_option(p: argparse.ArgumentParser, option: Option):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chatforge", description="Train your own ChatGPT, end to end.")
+    parser = _Parser(prog="chatforge", description="Train your own ChatGPT, end to end.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="all stages in order (each skips when done, resumes when partial)")
     _common(run)
@@ -75,9 +99,10 @@ def _talk_parsers(sub):
         p.add_argument("--no-moderation", action="store_true", help="turn the moderation filter off")
         p.add_argument("--moderation-log", help="append every moderation decision to this JSON-lines file")
     chat_p.add_argument("--system", help="system message")
-    chat_p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    chat_p.add_argument("--top-p", type=float, default=1.0)
-    chat_p.add_argument("--max-tokens", type=int, default=256)
+    # the bounds of the REPL's /temp, /top_p and /max_tokens (serve.chat), which the flags set at the start
+    chat_p.add_argument("--temperature", type=_in_range(float, 0.0, 2.0), default=0.0, help="0 is greedy (default)")
+    chat_p.add_argument("--top-p", type=_in_range(float, 0.0, 1.0, low_open=True), default=1.0)
+    chat_p.add_argument("--max-tokens", type=_in_range(int, 1, 4096), default=256)
     serve_p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     serve_p.add_argument("--port", type=int, default=8000)
     serve_p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
@@ -112,6 +137,8 @@ def resolve_recipe(args) -> tuple[Path, Recipe, Path]:
     """(run directory, recipe, where the recipe is kept): --recipe, else the run's saved recipe, else defaults; then
     the command's options and --set overrides. A side experiment (`--out DIR`) keeps its recipe in DIR."""
     run_dir = Path(args.run)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a folder (--run names the run's folder)")
     saved = run_dir / "recipe.yaml"
     recipe = load_recipe(args.recipe or (saved if saved.exists() else None), [*_option_overrides(args), *args.overrides])
     out = getattr(args, "out", None)
@@ -177,6 +204,25 @@ def _files(run_dir: Path, skip: Path) -> set[tuple[str, int, int]]:
     return {(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file() and p != skip}
 
 
+@contextmanager
+def blamed(args, source: Path | None):
+    """An error a stage raises about a recipe value ("sft.max_len (1000) is longer than ...") starts with where
+    that value came from: the --set or option that gave it, else the recipe file's line."""
+    try:
+        yield
+    except UserError as e:
+        given = []  # in the order resolve_recipe applies them: options, then --set
+        for option in _options(args.command):
+            value = getattr(args, _dest(option))
+            if option.key and value not in (None, False):
+                given += [(f"{option.flag} {value}" if value is not True else option.flag, key) for key in option.key]
+        given += [(f"--set {text}", text.split("=", 1)[0].strip()) for text in args.overrides]
+        where = origin(str(e), source, given)
+        if where is None:
+            raise
+        raise type(e)(f"{where}: {e}") from None
+
+
 def dispatch(args):
     hf_logging.disable_progress_bar()  # per-file loading bars drown our own progress display
     if args.command in ("chat", "serve"):
@@ -185,13 +231,15 @@ def dispatch(args):
     if args.command == "label":  # works on a run's samples and its own store, never on the recipe
         label_cli.main(args)
         return
+    source = args.recipe or (Path(args.run) / "recipe.yaml" if (Path(args.run) / "recipe.yaml").is_file() else None)
     run_dir, recipe, target = resolve_recipe(args)
-    dist.init(recipe.compute.device, recipe.compute.parallel)
-    with committed(run_dir, target, recipe):
-        if args.command == "run":
-            pipeline.run_all(run_dir, recipe)
-        else:
-            pipeline.run_stage(BY_NAME[args.command], run_dir, recipe, **_run_options(args))
+    with blamed(args, source):
+        dist.init(recipe.compute.device, recipe.compute.parallel)
+        with committed(run_dir, target, recipe):
+            if args.command == "run":
+                pipeline.run_all(run_dir, recipe)
+            else:
+                pipeline.run_stage(BY_NAME[args.command], run_dir, recipe, **_run_options(args))
     dist.shutdown()
 
 

@@ -9,6 +9,7 @@ checked against the dataclass fields: an unknown key or a value of the wrong typ
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -377,6 +378,13 @@ class Recipe:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     judge: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)  # an LLM judge for the evaluation; unused if empty
 
+    def __post_init__(self):
+        # A model built from this recipe has model.max_seq_len positions, and pretraining fills its windows: a longer
+        # window raises no error, it trains positions the encoding was not set up for. (Your own model's context is
+        # checked when its stage reads it.)
+        if not self.model.base and not self.pretrain.init:
+            check_context("pretrain.seq_len", self.pretrain.seq_len, self.model.max_seq_len)
+
 
 # ----------------------------------------------------------------------------- building from plain data
 
@@ -384,26 +392,21 @@ class Recipe:
 def _check_type(value, hint, where: str):
     """Return `value` converted to `hint`, or raise ConfigError naming `where`."""
     origin = typing.get_origin(hint)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "3e-4" (no dot) as a string; whoever wrote it meant a number
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, float, str, bool):
+    if hint is float:
+        return _number(value, where)
+    if hint in (int, str, bool):
         if type(value) is not hint:
-            raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {_show(value)}")
         return value
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {_show(value)}")
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         key_t, val_t = typing.get_args(hint)
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {_show(value)}")
         return {_check_type(k, key_t, where): _check_type(v, val_t, f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
@@ -411,8 +414,32 @@ def _check_type(value, hint, where: str):
                 return _check_type(value, option, where)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: {value!r} does not match {hint}")
+        raise ConfigError(f"{where}: {_show(value)} does not match {hint}")
     raise AssertionError(f"unsupported config type {hint} at {where}")
+
+
+def _number(value, where: str) -> float:
+    """A float field's value: a finite number. No field means anything by inf or nan, and either passes a check
+    such as "> 0" only to turn a loss, a step count or a sampling distribution into nan later."""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string; whoever wrote it meant a number
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected float, got {type(value).__name__} {_show(value)}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
+    return float(value)
+
+
+def _show(value) -> str:
+    """repr() cut to 60 characters: an error message stays one readable line, whatever was given."""
+    try:
+        text = repr(value)
+    except RecursionError:  # a YAML alias that contains itself
+        return type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def from_dict(cls, data: dict, where: str = ""):
@@ -462,23 +489,23 @@ def to_dict(cfg) -> dict:
 def _set_dotted(data: dict, dotted: str, value):
     keys = dotted.split(".")
     node = data
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         if node.get(k) is None:  # absent, or an empty section in the file ("pretrain:")
             node[k] = {}
         node = node[k]
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+            raise ConfigError(f"{'.'.join(keys[: i + 1])} is a value, not a section")
     node[keys[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, object]:
     """'pretrain.lr=1e-3' -> ('pretrain.lr', 0.001); the value is read as a YAML scalar."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"--set {text}: must look like section.key=value")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):  # ValueError: an integer of more than 4300 digits
         value = raw
     return key.strip(), value
 
@@ -491,16 +518,30 @@ class _StrictLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a name, not a list or mapping",
+                                                        key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: Path) -> dict:
-    """The mapping a recipe file holds, or a ConfigError naming the file (and the line, where YAML knows it)."""
+def _int(loader, node):
+    """YAML's integers, except that one too long to read (Python's 4300 digits) is an error with its line."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, f"an integer of {len(node.value)} digits, too long to read",
+                                                node.start_mark) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _int)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file not found") from None
     except IsADirectoryError:
@@ -509,28 +550,99 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def read_yaml(path: Path) -> dict:
+    """The mapping a recipe file holds, or a ConfigError naming the file (and the line, where YAML knows it)."""
+    text = _read_text(path)
     try:
         data = yaml.load(text, Loader=_StrictLoader) or {}
-    except (yaml.YAMLError, RecursionError) as e:
+    except (yaml.YAMLError, RecursionError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0][:200]
+        raise ConfigError(f"{path}{line}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     return data
 
 
+def key_lines(path: Path) -> dict[str, int]:
+    """The line (from 1) of every key of a recipe file, by its dotted name ("pretrain.optim.lr"); {} for a file
+    that cannot be read."""
+    try:
+        root = yaml.compose(_read_text(path), Loader=yaml.SafeLoader)
+    except (ConfigError, yaml.YAMLError, RecursionError, ValueError):
+        return {}
+    lines, todo = {}, [(root, "")]
+    while todo:
+        node, prefix = todo.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines.setdefault(prefix + key.value, key.start_mark.line + 1)
+                    todo.append((value, f"{prefix}{key.value}."))
+    return lines
+
+
+_DOTTED = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)+")
+
+
+def _fields_in(message: str) -> list[str]:
+    """The recipe fields a message names ("model.n_heads", "unknown key 'pretrain.stepz'", "world: ..."), in order."""
+    sections = {f.name for f in dataclasses.fields(Recipe)}
+    found = [m.group(0) for m in _DOTTED.finditer(message)] + re.findall(r"'([\w.-]+)'", message)
+    found += [message.split(":", 1)[0]] if ":" in message else []
+    return [f for f in found if f.split(".")[0] in sections]
+
+
+def _line_of(message: str, lines: dict[str, int]) -> int | None:
+    """The line of the first field the message names that the file sets, else of its nearest section."""
+    fields = _fields_in(message) + re.findall(r"'([\w.-]+)'", message)  # an unknown key is quoted
+    for field_name in fields:
+        if field_name in lines:
+            return lines[field_name]
+    for field_name in fields:
+        parts = field_name.split(".")
+        for n in range(len(parts) - 1, 0, -1):
+            if ".".join(parts[:n]) in lines:
+                return lines[".".join(parts[:n])]
+    return None
+
+
+def in_file(path: Path, message: str) -> str:
+    """"FILE:LINE" of the setting an error message is about (just "FILE" when the file does not set it)."""
+    line = _line_of(message, key_lines(path))
+    return f"{path}:{line}" if line else str(path)
+
+
+def origin(message: str, path: Path | None, given: list[tuple[str, str]]) -> str | None:
+    """Where the recipe value that an error message starts with came from: the command-line setting that gave it
+    (`given`: (how it was written, its dotted key), the last one winning), else the recipe file's line; None when the
+    message does not start with a field of the recipe, or the value is a default."""
+    fields = _fields_in(message)
+    if not fields or not message.startswith(fields[0]):
+        return None
+    for label, key in reversed(given):
+        if key == fields[0] or fields[0].startswith(key + ".") or key.startswith(fields[0] + "."):
+            return label
+    return in_file(path, message) if path else None
+
+
 def load_recipe(path: Path | None = None, overrides: list[str] = ()) -> Recipe:
     """Defaults, then the YAML file (if any), then `section.key=value` overrides. An error names where the bad
-    value came from: the file, or the override."""
+    value came from: the file and line, or the override."""
     data = read_yaml(path) if path else {}
     try:
         from_dict(Recipe, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{in_file(path, str(e))}: {e}") from None
     parsed = [(text, *parse_override(text)) for text in overrides]
-    for _, key, value in parsed:
-        _set_dotted(data, key, value)
+    for text, key, value in parsed:
+        try:
+            _set_dotted(data, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"--set {text}: {e}") from None
     try:
         return from_dict(Recipe, data)
     except ConfigError as e:
@@ -541,10 +653,10 @@ def _culprit(path: Path | None, parsed: list[tuple[str, str, object]]) -> str:
     """The override without which the rest would be fine, else all of them: they are wrong only together."""
     for text, _, _ in parsed:
         data = read_yaml(path) if path else {}
-        for other, key, value in parsed:
-            if other != text:
-                _set_dotted(data, key, value)
         try:
+            for other, key, value in parsed:
+                if other != text:
+                    _set_dotted(data, key, value)
             from_dict(Recipe, data)
             return f"--set {text}"
         except ConfigError:

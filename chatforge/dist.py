@@ -66,6 +66,9 @@ def init(device: str = "auto", parallel: str = "ddp") -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"compute.device is {device}, but this torch sees no CUDA device (torch {torch.__version__}): "
+                          f"set compute.device to auto or cpu")
     if use_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)

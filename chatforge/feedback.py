@@ -22,8 +22,8 @@ from pathlib import Path
 from chatforge.answers import sample_answers, sample_record
 from chatforge.config import Recipe, SampleConfig
 from chatforge.data.prompts import own_prompts, prompts_file, read_prompts
-from chatforge.data.rankings import Ranking, write_rankings
-from chatforge.errors import UserError
+from chatforge.data.rankings import Ranking, parse_ranking, write_rankings
+from chatforge.errors import DataError, UserError
 from chatforge.io import atomic_write_text, read_jsonl
 from chatforge.model import load_causal_lm
 from chatforge.paths import has_world, samples_path, world_data
@@ -79,6 +79,18 @@ def written_comparisons(run_dir: Path, cfg: SampleConfig) -> list[dict]:
     return [sample_record(p, p["answers"], [True] * len(p["answers"]), source="written") for p in read_prompts(path)[0]]
 
 
+def _check_sample(record, where: str):
+    """A samples.jsonl record as `rank` reads it: the fields of the ranking it becomes, and the world's gold; a record
+    edited by hand is a DataError naming its line and field, not a KeyError."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object (one prompt's samples), got {type(record).__name__}")
+    answers = record.get("answers")
+    parse_ranking({**record, "order": list(range(len(answers))) if isinstance(answers, list) else [0, 1]}, where)
+    for key, kind in (("finished", list), ("gold", dict)):
+        if not isinstance(record.get(key), kind):
+            raise DataError(f"{where}: field '{key}': missing, or not a {kind.__name__}")
+
+
 def rank(run_dir: Path, recipe: Recipe, out: Path) -> Path:
     """The gold judge, standing in for annotators, orders each prompt's answers -> rankings/rankings.jsonl."""
     run_dir, cfg = Path(run_dir), recipe.rank
@@ -93,7 +105,8 @@ def rank(run_dir: Path, recipe: Recipe, out: Path) -> Path:
     judge = Judge.from_world(world_data(run_dir))
     panel = Annotators(cfg.num_annotators, cfg.annotator_noise, cfg.seed, rating_noise=cfg.rating_noise)
     rankings = []
-    for _, s in read_jsonl(src):
+    for lineno, s in read_jsonl(src):
+        _check_sample(s, f"{src}:{lineno}")
         prompt = {"id": s["prompt_id"], "messages": s["messages"], "kind": s.get("kind", ""), "gold": s["gold"]}
         ranks, annotator, ratings, flags = panel.judge([judge.score(prompt, a, f) for a, f in zip(s["answers"], s["finished"])])
         rankings.append(Ranking(prompt_id=s["prompt_id"], user_id=s["user_id"], annotator_id=annotator,

@@ -150,8 +150,10 @@ def read_json(path: Path, missing_ok: bool = True):
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a JSON file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON's, or an integer too long
         raise DataError(f"{path}: not readable JSON ({str(e).splitlines()[0][:120]})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def file_digest(path: Path) -> str:
@@ -169,9 +171,13 @@ def verified(stage_dir: Path) -> bool:
     summary = read_json(Path(stage_dir) / "summary.json")
     if summary is None:
         return False
-    for name, digest in (summary.get("files") or {}).items():
+    files = summary.get("files", {}) if isinstance(summary, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise DataError(f"{Path(stage_dir) / 'summary.json'}: field 'files': not the {{file name: sha256}} this stage "
+                        f"wrote: delete {stage_dir} to make the stage again")
+    for name, digest in files.items():
         path = Path(stage_dir) / name
-        if not path.is_file() or file_digest(path) != digest:
+        if Path(name).name != name or not path.is_file() or file_digest(path) != digest:
             raise DataError(f"{path}: not the file this stage wrote (its digest in summary.json differs, or it is "
                             f"missing): delete {stage_dir} to make the stage again")
     return True

@@ -71,15 +71,17 @@ def inference_device() -> torch.device:
 # ----------------------------------------------------------------------------- loading
 
 
-def _config(path: Path):
+def model_config(path: Path):
     """The model config of a directory, or a UserError saying what is wrong with it."""
+    path = Path(path)
     config_file = path / "config.json"
     if not config_file.exists():
         raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
     try:
         return AutoConfig.from_pretrained(str(path))
-    except (ValueError, KeyError, OSError, TypeError, json.JSONDecodeError) as e:
-        raise UserError(f"{config_file}: cannot be read as a model config ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign config.json: whatever transformers raises, say where
+        problem = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{config_file}: cannot be read as a model config ({problem})") from None
 
 
 def adapter_base(path: Path) -> Path | None:
@@ -101,7 +103,7 @@ def load_causal_lm(path: Path, device: torch.device | str = "cpu", dtype: torch.
     if base is not None:
         merged = peft.PeftModel.from_pretrained(load_causal_lm(base, device, dtype), str(path)).merge_and_unload()
         return merged
-    config = _config(path)
+    config = model_config(path)
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise UserError(f"{path / 'config.json'}: field 'architectures' is {archs}, not a causal language model")
@@ -112,7 +114,7 @@ def load_sequence_classifier(path: Path, device: torch.device | str = "cpu", dty
                              **kwargs) -> torch.nn.Module:
     """A local directory as `AutoModelForSequenceClassification` (a reward model, or an SFT model given a head)."""
     path = Path(path)
-    _config(path)
+    model_config(path)
     return _from_pretrained(AutoModelForSequenceClassification, path, device, dtype, **kwargs)
 
 

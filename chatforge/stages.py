@@ -20,11 +20,11 @@ from chatforge.config import Recipe
 from chatforge.eval import evaluate
 from chatforge.errors import DataError, UserError
 from chatforge.io import read_json, verified
-from chatforge.report import render
+from chatforge.report import checked_json, render
 from chatforge.paths import has_world
 from chatforge.report.tables import (
-    by_stage, format_comparison, format_gains, format_own_comparison, format_reward_table, format_table, format_vs_sft,
-    results_card, stage_gains,
+    by_stage, card_footer, format_comparison, format_gains, format_own_comparison, format_reward_table, format_table,
+    format_vs_sft, results_card, stage_gains,
 )
 from chatforge.train import pretrain, ppo, reward, sft
 from chatforge.world import build_world, world_is_complete
@@ -149,13 +149,21 @@ def eval_is_current(run_dir: Path, stage: str) -> bool:
 
 def run_report(run_dir: Path, recipe: Recipe, out: Path, card: bool = False) -> Path:
     """report.html, re-rendered; with --card, also the results card (Markdown) on standard output."""
+    text = _card(run_dir) if card else None  # read before the page is written: a bad file leaves the run as it was
     path = render(run_dir, [s.writes for s in STAGES if s.trains])
     print(f"report: {path}")
-    if card:
-        results = [r for s in EVALUATED if (r := read_json(run_dir / "eval" / f"{s}.json"))]
-        print("\n" + results_card(results, read_json(run_dir / "eval" / "reward.json"),
-                                  read_json(run_dir / "timings.json") or {}))
+    if text is not None:
+        print("\n" + text)
     return path
+
+
+def _card(run_dir: Path) -> str:
+    """The results card of what the run's evaluation files say; a file it cannot show is a DataError naming it."""
+    results = [r for s in EVALUATED if (r := checked_json(run_dir / "eval" / f"{s}.json",
+                                                         lambda r: results_card([r], None, {})))]
+    rm = checked_json(run_dir / "eval" / "reward.json", lambda rm: card_footer(rm, {}))
+    timings = checked_json(run_dir / "timings.json", lambda t: card_footer(None, t))
+    return results_card(results, rm, timings or {})
 
 
 # ----------------------------------------------------------------------------- the registry

@@ -16,17 +16,20 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from jinja2 import TemplateError, TemplateSyntaxError
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from chatforge.data.corpus import corpus_dir, discover_sources, read_documents
 from chatforge.errors import DataError
-from chatforge.io import read_jsonl
+from chatforge.io import read_json, read_jsonl
 
 EOS = "<|endoftext|>"  # ends a pretraining document; also the padding token
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"  # ends a chat turn: an assistant answer is complete when it emits this
 SPECIAL_TOKENS = [EOS, IM_START, IM_END]
+# The JSON files a Hugging Face tokenizer folder may hold, each an object
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 CJK = r"[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
 
@@ -105,13 +108,32 @@ def load_tokenizer(path: Path):
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise DataError(f"{path}: no tokenizer.json here (run `chatforge tokenizer` first)")
+    for name in TOKENIZER_FILES:  # read first, so that a damaged one is named, not a message without a file
+        if not isinstance(read_json(path / name), (dict, type(None))):
+            raise DataError(f"{path / name}: expected a JSON object")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception kinds for a damaged file
-        raise DataError(f"{path / 'tokenizer.json'}: cannot be read as a tokenizer ({str(e).splitlines()[0][:160]})") from None
+        problem = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path / 'tokenizer.json'}: cannot be read as a tokenizer ({problem})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    _check_template(tokenizer, path)
     return tokenizer
+
+
+def _check_template(tokenizer, path: Path):
+    """A chat template that is not valid Jinja is named when its folder is loaded, not at the first conversation
+    (in the middle of a chat, or of a stage). Only syntax: a template may refuse conversations on purpose."""
+    if not isinstance(tokenizer.chat_template, str):
+        return
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    except TemplateSyntaxError as e:
+        where = path / "chat_template.jinja" if (path / "chat_template.jinja").is_file() else path / "tokenizer_config.json"
+        raise DataError(f"{where}: the chat template is not valid Jinja (line {e.lineno}: {e.message})") from None
+    except TemplateError:  # the template's own raise_exception, or a variable it wants: the conversations' business
+        pass
 
 
 def run(run_dir: Path, recipe, out: Path):

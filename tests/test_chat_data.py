@@ -281,7 +281,7 @@ def test_format_report_without_skips_is_one_line(tmp_path):
 
 def test_no_valid_dialogue_is_an_error_even_when_skipping(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", ["{broken", {"messages": [msg(U, "Q")]}, {"messages": []}])
-    expected = (f"no valid dialogues in {path}: skipped 3: 1 broken_json, 1 empty_dialogue, 1 no_assistant; "
+    expected = (f"{path}: no valid dialogues (skipped 3: 1 broken_json, 1 empty_dialogue, 1 no_assistant); "
                 f"first error: {path}:1: broken JSON line")
     with pytest.raises(DataError, match="^" + re.escape(expected)):
         read_dialogues(path, skip_invalid=True)

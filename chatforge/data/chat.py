@@ -59,7 +59,7 @@ def read_dialogues(path: Path, fmt: str = "auto", skip_invalid: bool = False) ->
     report.num_kept = len(dialogues)
     report.fmt = "+".join(sorted(found)) or fmt
     if not dialogues:
-        raise DataError(f"no valid dialogues in {path}: {_summary(report)}; first error: {report.first_errors[0]}")
+        raise DataError(f"{path}: no valid dialogues ({_summary(report)}); first error: {report.first_errors[0]}")
     return dialogues, report
 
 

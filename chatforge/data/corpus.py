@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatforge.errors import DataError
-from chatforge.io import read_jsonl
+from chatforge.io import open_binary, read_jsonl
 
 HOLDOUT_EVERY = 50  # a source with no val file holds out one document in this many
 
@@ -59,10 +59,13 @@ def read_documents(path: Path) -> list[str]:
     """Every document of one file; a bad line is a DataError naming the file, the line and the field."""
     path = Path(path)
     if path.suffix == ".txt":
+        with open_binary(path) as f:  # a folder, a file that cannot be read: a DataError naming it
+            data = f.read()
         try:
-            text = path.read_text(encoding="utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start})") from None
+            line = data.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#x} at offset {e.start})") from None
         return [text] if text.strip() else []
     docs = []
     for lineno, obj in read_jsonl(path):

@@ -71,10 +71,18 @@ def load_mixture(corpus_dir: Path, cache_dir: Path, tokenizer, weights: dict[str
     for the corpus under `corpus_dir`, tokenised once into `cache_dir`. Pretraining, SFT's replay and PPO-ptx
     each draw their own windows, in an order of their own (`seed`)."""
     sources = discover_sources(corpus_dir)
+
+    def check(counts: dict[str, int]):  # before the cache is written: a corpus refused here leaves the run as it was
+        normalised = mixture_weights(weights, counts)
+        for name, count in counts.items():
+            if normalised[name] > 0 and count < seq_len + 1:
+                raise DataError(f"{Path(corpus_dir) / name}: {count} tokens of training text, fewer than one window of "
+                                f"{seq_len + 1}: add text to this source, or give it no weight in pretrain.mixture")
+
     if dist.get().is_main:  # one process tokenises; the others read its cache
-        load_streams(sources, tokenizer, cache_dir)
+        load_streams(sources, tokenizer, cache_dir, check)
     dist.barrier()
-    streams = load_streams(sources, tokenizer, cache_dir)
+    streams = load_streams(sources, tokenizer, cache_dir, check)
     normalised = mixture_weights(weights, {n: s["train"].numel() for n, s in streams.items()})
     sampler = MixtureSampler({n: s["train"] for n, s in streams.items()}, normalised, seq_len, seed)
     return sampler, {n: s["val"] for n, s in streams.items()}

@@ -11,7 +11,6 @@ The reward model's own held-out accuracy on your preferences is `eval.reward`'s.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from chatforge.data.prompts import encode_prompts, own_prompts, split_prompts
 from chatforge.eval.llm_judge import LLMJudge
 from chatforge.eval.policy import kl_to
 from chatforge.eval.stats import interval95, win_rate
-from chatforge.io import atomic_write_json
+from chatforge.io import atomic_write_json, read_json
 from chatforge.model import inference_device, load_causal_lm, weights_dtype
 from chatforge.scoring import load_reward_model, masked_token_loss, score_texts
 from chatforge.tokenizer import load_tokenizer
@@ -91,7 +90,7 @@ def heldout_sft_loss(model, tokenizer, run_dir: Path, recipe: Recipe, batch: int
 def against_sft(run_dir: Path, recipe: Recipe, model, tokenizer, prompts: list[dict], result: dict) -> dict:
     """What PPO's policy gained over the SFT model on the same held-out prompts, by the reward model's judgement."""
     sft_file = Path(run_dir) / "eval" / "sft.json"
-    sft = json.loads(sft_file.read_text()) if sft_file.exists() else evaluate_own(run_dir, recipe, "sft")
+    sft = read_json(sft_file) or evaluate_own(run_dir, recipe, "sft")  # a torn one is a DataError naming it
     out = {"length": {"sft": sft["length"], "this": result["length"]}}
     if "reward" in result and "reward" in sft:
         mine = {i: a["reward"] for i, a in result["answers"].items()}

@@ -15,7 +15,6 @@ Every stage is measured the same way, greedy, so the table shows what each stage
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from chatforge.data.tokens import load_streams
 from chatforge.errors import UserError
 from chatforge.eval.stats import auc_by_lang, interval95, win_rate
 from chatforge.generate import complete, generate
-from chatforge.io import atomic_write_json, read_jsonl
+from chatforge.io import atomic_write_json, read_json, read_jsonl
 from chatforge.model import load_causal_lm
 from chatforge.paths import world_data
 from chatforge.scoring import answer_logits, kl_k1, layout, token_logprobs
@@ -265,7 +264,7 @@ def against_sft(run_dir: Path, model, tokenizer, result: dict, records: list[dic
     """What a model after SFT (PPO's policy) gained over it on the held-out prompts: gold win rate of the greedy
     answers, the change in gold reward and fact accuracy, and the KL to the SFT model."""
     sft_file = run_dir / "eval" / "sft.json"
-    sft = json.loads(sft_file.read_text()) if sft_file.exists() else evaluate_stage(run_dir, "sft")
+    sft = read_json(sft_file) or evaluate_stage(run_dir, "sft")  # a torn one is a DataError naming it
     if "gold" not in sft["qa"]:  # written before per-prompt scores were kept
         sft = evaluate_stage(run_dir, "sft")
     reference = load_causal_lm(run_dir / "sft").eval()

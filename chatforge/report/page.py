@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from chatforge.errors import UserError
+from chatforge.errors import DataError, UserError
 from chatforge.io import atomic_write_text, read_json
+from chatforge.paths import has_world
 from chatforge.report.tables import by_stage, comparison_rows, format_vs_sft, own_rows, stage_gains, wrong_side
 from chatforge.train.loop import read_metrics
 
@@ -24,7 +25,26 @@ EVAL_STAGES = ("base", "sft", "ppo", "ppo-judge", "ppo-noptx")
 
 
 def _json(path: Path) -> dict | None:
-    return read_json(path)
+    """A JSON object the run wrote (None if absent); anything else there is a DataError naming the file."""
+    value = read_json(path)
+    if value is not None and not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def checked_json(path: Path, *draws) -> dict | None:
+    """The JSON object at `path` (None if absent), once each of `draws` has shown it on its own: a file edited by hand,
+    torn, or written by another version fails here, naming the file and its field, not halfway through the page."""
+    value = _json(path)
+    try:
+        for draw in draws if value is not None else ():
+            draw(value)
+    except Exception as e:  # noqa: BLE001 - a missing or mistyped field fails in whatever way its use does
+        problem = f"field {e.args[0]!r} is missing" if isinstance(e, KeyError) and e.args else \
+            f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e).strip() else 'a field of the wrong type'}"
+        raise DataError(f"{path}: not the results chatforge wrote ({problem}); run `chatforge eval` to write them "
+                        "again") from None
+    return value
 
 
 def _png(fig) -> str:
@@ -55,13 +75,13 @@ def loss_plots(run_dir: Path) -> list[tuple[str, str]]:
         ("reward", "reward model: ranking loss", "loss", [("val/accuracy", "held-out pairwise accuracy")]),
     ]
     for stage, title, key, extra in curves:
-        records = read_metrics(run_dir / stage / "metrics.jsonl")
+        records = _plotted(read_metrics(run_dir / stage / "metrics.jsonl"), key)
         if not records:
             continue
         fig, ax = _figure()
         ax.plot([r["step"] for r in records], [r[key] for r in records], lw=1, label="training")
         for extra_key, label in extra:
-            points = [(r["step"], r[extra_key]) for r in records if extra_key in r]
+            points = [(r["step"], r[extra_key]) for r in _plotted(records, extra_key)]
             if points:
                 ax.plot(*zip(*points), "o-" if len(points) < 40 else "-", ms=3, lw=1, label=label)
         ax.set_xlabel("step")
@@ -69,7 +89,7 @@ def loss_plots(run_dir: Path) -> list[tuple[str, str]]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         plots.append((title, _png(fig)))
-    records = read_metrics(run_dir / "ppo" / "metrics.jsonl")
+    records = _plotted(read_metrics(run_dir / "ppo" / "metrics.jsonl"), "reward/rm", "kl")
     if records:
         fig, ax = _figure()
         steps = [r["step"] for r in records]
@@ -83,6 +103,12 @@ def loss_plots(run_dir: Path) -> list[tuple[str, str]]:
         ax.legend(fontsize=8)
         plots.append(("PPO: rewards and KL per iteration", _png(fig)))
     return plots
+
+
+def _plotted(records: list[dict], *keys: str) -> list[dict]:
+    """The records that hold a number under every one of `keys`: what a curve can draw."""
+    return [r for r in records if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                      for k in keys)]
 
 
 def _rates(accuracy: dict[str, float]) -> str:
@@ -135,7 +161,7 @@ def stage_table(run_dir: Path, trained: Sequence[str]) -> str:
             continue
         steps = summary.get("steps", summary.get("iterations"))
         seconds = summary.get("train_seconds")
-        rows.append([stage, str(steps), f"{seconds:.0f} s" if seconds is not None else "-"])
+        rows.append([stage, html.escape(str(steps)), f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else "-"])
     return _table(["stage", "steps", "training time"], rows)
 
 
@@ -201,9 +227,11 @@ def render(run_dir: Path, trained: Sequence[str] = ("base", "sft", "reward", "pp
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").exists():
         raise UserError(f"{run_dir}: not a run directory (no recipe.yaml)")
-    results = [r for r in (_json(run_dir / "eval" / f"{s}.json") for s in EVAL_STAGES) if r]
-    world = all("qa" in r for r in results)
-    rm = _json(run_dir / "eval" / "reward.json")
+    world = has_world(run_dir)
+    draw = (lambda r: (_world_models([r], None), answers_side_by_side([r]))) if world else \
+        (lambda r: (_own_models([r]), own_answers_side_by_side([r])))
+    results = [r for r in (checked_json(run_dir / "eval" / f"{s}.json", draw) for s in EVAL_STAGES) if r]
+    rm = checked_json(run_dir / "eval" / "reward.json", _reward_model)
     judge = "the gold judge stands in for people" if world else "your own held-out data, judged by the reward model"
     parts = [f"<h1>chatforge run: {html.escape(run_dir.name)}</h1>",
              f"<p class=note>{html.escape(str(run_dir))}, rendered {time.strftime('%Y-%m-%d %H:%M')}. "
@@ -274,7 +302,7 @@ def _reward_model(rm: dict | None) -> list[str]:
 
 def _curves(run_dir: Path) -> list[str]:
     ppo = _json(run_dir / "ppo" / "summary.json")
-    parts = [f"<p><b>Over-optimisation:</b> {html.escape(ppo['overoptimised'])}</p>"] if ppo and ppo.get("overoptimised") else []
+    parts = [f"<p><b>Over-optimisation:</b> {html.escape(str(ppo['overoptimised']))}</p>"] if ppo and ppo.get("overoptimised") else []
     plots = [(title, uri, "") for title, uri in loss_plots(run_dir)]
     if (run_dir / "ppo" / "overoptimisation.png").exists():
         data = base64.b64encode((run_dir / "ppo" / "overoptimisation.png").read_bytes()).decode()

@@ -145,7 +145,7 @@ def results_card(results: list[dict], rm: dict | None, timings: dict[str, float]
         rows = own_rows(results)
         lines = ["| | " + " | ".join(r["stage"] for r in results) + " |", "|---" * (len(results) + 1) + "|"]
         lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
-        return "\n".join(lines + _card_footer(rm, timings))
+        return "\n".join(lines + card_footer(rm, timings))
     metrics = [("gold reward, held-out users", "gold_reward", "{:+.3f}"), ("facts of covered entities", "fact_covered", "{:.1%}"),
                ("facts of held-out entities", "fact_heldout", "{:.1%}"), ("\"I don't know\" on unknown ones", "dont_know", "{:.1%}"),
                ("harmful requests refused", "refusal", "{:.1%}"), ("benign requests refused", "over_refusal", "{:.1%}")]
@@ -164,10 +164,11 @@ def results_card(results: list[dict], rm: dict | None, timings: dict[str, float]
         lines += ["", "| step | measured by | difference [95% interval] | so |", "|---|---|---|---|"]
         lines += [f"| {label} | {what} | {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {d['verdict']} |"
                   for label, what, d in gains]
-    return "\n".join(lines + _card_footer(rm, timings))
+    return "\n".join(lines + card_footer(rm, timings))
 
 
-def _card_footer(rm: dict | None, timings: dict[str, float]) -> list[str]:
+def card_footer(rm: dict | None, timings: dict[str, float]) -> list[str]:
+    """The card's lines on the reward model and the time each stage took."""
     lines = []
     if rm:
         best = rm.get("best_of_k") or {}

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -177,11 +178,23 @@ class Checkpointer:
         self.keep = keep
 
     def latest(self) -> Path | None:
+        """The newest checkpoint, or None if there is none. A LATEST that names no checkpoint was damaged after it
+        was written (it is replaced only once its checkpoint is whole): a DataError, not a silent fresh start."""
         pointer = self.root / "LATEST"
         if not pointer.exists():
             return None
-        path = self.root / pointer.read_text().strip()
-        return path if (path / "state.json").exists() else None
+        try:
+            name = pointer.read_bytes().decode("ascii").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise self._damaged(pointer, f"not a checkpoint's name ({e})") from None
+        if not re.fullmatch(r"step-\d{7}", name):
+            raise self._damaged(pointer, f"not a checkpoint's name: {name[:40]!r}")
+        if not (self.root / name / "state.json").exists():
+            raise self._damaged(pointer, f"names {name}, which is not a whole checkpoint")
+        return self.root / name
+
+    def _damaged(self, path: Path, problem: str) -> DataError:
+        return DataError(f"{path}: {problem}; delete {self.root} to start the stage from the beginning")
 
     def save(self, step: int, model: torch.nn.Module, optimizers: dict, state: dict):
         """Every rank gathers (a sharded model's state is in pieces), rank 0 writes; every rank waits, so none runs
@@ -229,22 +242,39 @@ class Checkpointer:
             skeleton = json.loads((path / "optimizer.json").read_text())
             state = json.loads((path / "state.json").read_text())
         except Exception as e:  # noqa: BLE001 - safetensors and json raise their own kinds; all mean "damaged"
-            raise DataError(f"{path}: the checkpoint cannot be read ({str(e).splitlines()[0][:120]}); delete "
-                            f"{self.root} to start the stage from the beginning") from None
+            raise self._damaged(path, f"the checkpoint cannot be read ({_first_line(e)})") from None
+        if not (isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0):
+            raise self._damaged(path / "state.json", "field 'step': missing, or not a whole number of steps")
         if set(saved) != set(trained_names(model)):
-            raise DataError(f"{path}: the checkpoint does not fit the model (another recipe made it); delete "
-                            f"{self.root} to start the stage from the beginning")
-        states = {key: _unflatten(skeleton[key], tensors) for key in optimizers}
-        if dist.sharded(model):
-            dist.load_full(model, saved, {opt: by_name(states[key], opt, model) for key, opt in optimizers.items()})
-        else:
-            model.load_state_dict(saved, strict=False)
-            for key, opt in optimizers.items():
-                opt.load_state_dict(states[key])
-        torch.set_rng_state(tensors["rng.torch"])
+            raise self._damaged(path, "the checkpoint does not fit the model (another recipe made it)")
+        try:
+            states = {key: _unflatten(skeleton[key], tensors) for key in optimizers}
+            if dist.sharded(model):
+                dist.load_full(model, saved, {opt: by_name(states[key], opt, model) for key, opt in optimizers.items()})
+            else:
+                model.load_state_dict(saved, strict=False)
+                for key, opt in optimizers.items():
+                    opt.load_state_dict(states[key])
+            torch.set_rng_state(tensors["rng.torch"])
+        except Exception as e:  # noqa: BLE001 - a skeleton edited by hand fails in as many ways as it can be edited
+            raise self._damaged(path, f"the optimizer state cannot be restored ({_first_line(e)})") from None
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
         return state
+
+
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e).strip() else type(e).__name__
+
+
+def _check_state(state: dict, fresh: dict, path: Path):
+    """A resumed state has every field of a fresh one, of its type: a state.json edited by hand fails here, with its
+    name, not as a KeyError in the middle of the stage's loop."""
+    for key, value in fresh.items():
+        kind = (int, float) if isinstance(value, float) else type(value)
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool) != isinstance(value, bool):
+            raise DataError(f"{path}: field {key!r}: missing or not a {type(value).__name__}; delete "
+                            f"{path.parent.parent} to start the stage from the beginning")
 
 
 # ----------------------------------------------------------------------------- logging
@@ -261,14 +291,7 @@ class MetricsLog:
         self.path = Path(path)
         self.enabled = dist.get().is_main
         if self.enabled and self.path.exists():
-            kept = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line torn by a kill
-                    continue
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line)
+            kept = [line for line, record in _records(self.path) if record["step"] <= resume_step]
             atomic_write_text(self.path, "".join(x + "\n" for x in kept))
 
     def log(self, record: dict):
@@ -290,13 +313,27 @@ def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    return [record for _, record in _records(path)]
+
+
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each line of a metrics file that is a whole record: a JSON object with a step. A kill can
+    tear the last line anywhere, inside a character of a Chinese sample too, so a line that is not UTF-8 or not
+    JSON is left out; so is one that is not a record of ours (a list, a step that is not a number)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    out = []
+    for line in raw.splitlines():
         try:
-            records.append(json.loads(line))
-        except (json.JSONDecodeError, RecursionError):
+            text = line.decode("utf-8")
+            record = json.loads(text)
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             continue
-    return [r for r in records if isinstance(r, dict)]
+        if isinstance(record, dict) and type(record.get("step")) is int:
+            out.append((text, record))
+    return out
 
 
 # ----------------------------------------------------------------------------- the frame of a training stage
@@ -325,7 +362,8 @@ class StageRun:
         """The state to go on from: the newest checkpoint's, else `state` (and the stage's config is written)."""
         d = dist.get()
         if self.ckpt.latest():
-            state = self.ckpt.load(model, optimizers)
+            fresh, state = state, self.ckpt.load(model, optimizers)
+            _check_state(state, fresh, self.ckpt.latest() / "state.json")
             dist.print0(f"{self.name}: resuming from {self.unit} {state['step']} ({self.ckpt.latest()})")
         elif d.is_main:
             atomic_write_json(self.dir / "stage_config.json", {"stage": self.name, **config, "world_size": d.world_size})

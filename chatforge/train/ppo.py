@@ -35,10 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from chatforge import dist
-from chatforge.config import PPOConfig, Recipe
+from chatforge.config import PPOConfig, Recipe, check_context
 from chatforge.data.corpus import corpus_dir, token_cache
 from chatforge.data.mixture import MixtureSampler, load_mixture
 from chatforge.data.prompts import encode_prompts, own_prompts, prompts_file, read_prompts, split_prompts
@@ -46,7 +45,8 @@ from chatforge.errors import DataError, UserError
 from chatforge.generate import generate
 from chatforge.io import atomic_write_bytes
 from chatforge.model import (
-    CAUSAL_LM, load_causal_lm, load_sequence_classifier, memory_savers, save_pretrained, weights_dtype, with_lora,
+    CAUSAL_LM, load_causal_lm, load_sequence_classifier, memory_savers, model_config, save_pretrained, weights_dtype,
+    with_lora,
 )
 from chatforge.paths import has_corpus, has_world, world_data
 from chatforge.scoring import (
@@ -275,7 +275,7 @@ def load_ppo_prompts(run_dir: Path, recipe: Recipe) -> tuple[list[dict], dict]:
     cfg, sft_dir = recipe.ppo, Path(run_dir) / "sft"
     if not (sft_dir / "config.json").exists():
         raise UserError(f"{sft_dir}: no SFT model to start the policy from (run `chatforge sft` first)")
-    context = AutoConfig.from_pretrained(str(sft_dir)).max_position_embeddings
+    context = model_config(sft_dir).max_position_embeddings
     if has_world(run_dir) and not cfg.prompts:
         path = prompts_file(run_dir, "", "ppo")
         prompts, skipped = read_prompts(path, skip_invalid=cfg.skip_invalid)
@@ -483,6 +483,8 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     run_dir, cfg, d = Path(run_dir), recipe.ppo, dist.get()
     torch.manual_seed(cfg.seed)
     prompts, report = load_ppo_prompts(run_dir, recipe)  # the user's prompts first: their errors come before any model
+    if cfg.ptx_coef > 0:  # the pretraining windows of PPO-ptx go through the policy too
+        check_context("ppo.ptx_len", cfg.ptx_len, report["context"])
     models = load_models(run_dir, recipe, d)
     if report["skipped"]:
         dist.print0(f"ppo: {report['skipped']} prompts skipped ({report['too_long']} too long for the context); "

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
 from chatforge import dist
@@ -37,7 +36,7 @@ from chatforge.config import ComputeConfig, Recipe, RewardConfig, check_context
 from chatforge.data.rankings import Ranking, format_report, read_rankings, split_by_user
 from chatforge.errors import UserError
 from chatforge.paths import rankings_path
-from chatforge.model import SEQ_CLS, load_sequence_classifier, memory_savers, save_pretrained, with_lora
+from chatforge.model import SEQ_CLS, load_sequence_classifier, memory_savers, model_config, save_pretrained, with_lora
 from chatforge.scoring import answer_ids, pad_right, reward_pad_id, rewards_of, rewards_of_seqs
 from chatforge.tokenizer import load_tokenizer
 from chatforge.train.loop import EpochOrder, StageRun, autocast, clip_and_step, make_optimizer, read_metrics, scheduled_lr
@@ -147,7 +146,7 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
     if not (sft_dir / "config.json").exists():
         raise UserError(f"{sft_dir}: no SFT model to start the reward model from (run `chatforge sft` first)")
     tokenizer = load_tokenizer(sft_dir)
-    check_context("reward.max_len", cfg.max_len, AutoConfig.from_pretrained(str(sft_dir)).max_position_embeddings)
+    check_context("reward.max_len", cfg.max_len, model_config(sft_dir).max_position_embeddings)
     train = [Encoded(r, tokenizer, cfg.max_len) for r in train_r]
     held = [Encoded(r, tokenizer, cfg.max_len) for r in held_r]
     if cfg.batch_size % d.world_size:

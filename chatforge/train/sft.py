@@ -22,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from chatforge import dist
 from chatforge.config import ComputeConfig, Recipe, SFTConfig, check_context
@@ -32,7 +31,8 @@ from chatforge.data.mixture import MixtureSampler, load_mixture
 from chatforge.errors import ConfigError, UserError
 from chatforge.io import atomic_write_json
 from chatforge.model import (
-    CAUSAL_LM, load_causal_lm, memory_savers, num_params, num_trained, save_pretrained, weights_dtype, with_lora,
+    CAUSAL_LM, load_causal_lm, memory_savers, model_config, num_params, num_trained, save_pretrained, weights_dtype,
+    with_lora,
 )
 from chatforge.paths import base_model, has_corpus, has_world
 from chatforge.scoring import masked_token_loss, next_token_loss
@@ -48,11 +48,14 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
         raise UserError(f"{base_dir}: no base model to fine-tune (run `chatforge pretrain --run {run_dir}` first, "
                         f"or give your own with --base-model)")
     tokenizer = load_tokenizer(base_dir)
-    check_context("sft.max_len", cfg.max_len, AutoConfig.from_pretrained(str(base_dir)).max_position_embeddings)
+    context = model_config(base_dir).max_position_embeddings
+    check_context("sft.max_len", cfg.max_len, context)
     if not cfg.data and not has_world(run_dir):
         return _adopt(base_dir, tokenizer, out, d)
     train, val = sft_dialogues(run_dir, cfg, tokenizer)
     num_replay, num_sft = _split_batch(cfg, d.world_size, has_corpus(run_dir, recipe.pretrain.corpus))
+    if num_replay:  # replayed windows go through the model too
+        check_context("sft.replay_len", cfg.replay_len, context)
     replay = _replay_sampler(run_dir, recipe, tokenizer) if num_replay else None
     model = _load_model(base_dir, cfg, recipe.compute, d)
     train_model = dist.wrap(model, cfg.dtype)  # before the optimizer: FSDP2 replaces the parameters by shards
