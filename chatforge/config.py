@@ -242,11 +242,14 @@ class RewardConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     eval_every: int = 50  # held-out pairwise accuracy every this many steps (and at the end)
     save_every: int = 25
+    # the reward's zero is the mean score of the training answers, estimated on at most this many prompts (evenly
+    # spaced): a forward pass over every answer of a large preference set would cost a third of an epoch
+    bias_prompts: int = 2048
     seed: int = 4321
     dtype: str = "auto"
 
     def __post_init__(self):
-        _positive("reward", self, ("batch_size", "max_len", "eval_every", "save_every", "epochs"))
+        _positive("reward", self, ("batch_size", "max_len", "eval_every", "save_every", "epochs", "bias_prompts"))
         if not 0.0 < self.heldout_users < 1.0:
             raise ConfigError(f"reward.heldout_users must be in (0, 1), got {self.heldout_users}")
         _check_dtype("reward", self.dtype)

@@ -61,10 +61,20 @@ class Stub:
                     stub.requests.append((time.monotonic(), dict(self.headers), body))
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                answered = False
+
+                def done():  # before the reply leaves: once it has, the client may already send its next request
+                    nonlocal answered
+                    if not answered:
+                        answered = True
+                        with stub.lock:
+                            stub.in_flight -= 1
+
                 try:
                     time.sleep(stub.delay_s)
                     status, payload, headers = stub.respond(n, body, dict(self.headers))
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                    done()
                     self.send_response(status)
                     for k, v in {"Content-Type": "application/json", **headers}.items():
                         self.send_header(k, v)
@@ -74,8 +84,7 @@ class Stub:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up on this request (a timeout test)
                 finally:
-                    with stub.lock:
-                        stub.in_flight -= 1
+                    done()
 
             def log_message(self, *args):
                 pass

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "fixtures" / "data"
 # A few steps of each stage: the plumbing of a real model, in a couple of minutes on two cores.
 FAST = ["sft.steps=4", "sft.batch_size=4", "sft.micro_batch_size=2", "sft.max_len=192", "sft.eval_every=4",
-        "sft.save_every=2", "sample.k=2", "reward.batch_size=4", "reward.epochs=0.2", "reward.max_len=192", "reward.eval_every=4",
-        "reward.save_every=2", "ppo.iterations=2", "ppo.batch_size=4", "ppo.minibatches=2", "ppo.ppo_epochs=1",
+        "sft.save_every=2", "sample.k=2", "reward.batch_size=2", "reward.epochs=0.04", "reward.max_len=192", "reward.eval_every=4",
+        "reward.save_every=2", "reward.bias_prompts=8", "ppo.iterations=2", "ppo.batch_size=4", "ppo.minibatches=2", "ppo.ppo_epochs=1",
         "ppo.max_new_tokens=24", "ppo.save_every=1"]
 
 

@@ -16,26 +16,39 @@ import httpx
 import pytest
 from conftest import WordModerator, serve_in_thread
 
+from chatforge.data.rankings import read_rankings
 from chatforge.serve.app import create_app
 from chatforge.serve.chat import load
 from chatforge.serve.engine import Engine
+from chatforge.serve.preferences import FeedbackLog, thumbs_path
 
 API_KEY = "web-key"
 MAX_TOKENS = 12  # set in the page's settings; the API is asked with the same
 
 
-
+@pytest.fixture(scope="module")
+def engine(chat_model):
+    model, tokenizer = load(str(chat_model))
+    e = Engine(model, tokenizer)
+    yield e
+    e.close()
 
 
 @pytest.fixture(scope="module")
-def server(chat_model):
-    model, tokenizer = load(str(chat_model))
-    engine = Engine(model, tokenizer)
+def server(engine):
     srv, thread, url = serve_in_thread(create_app(engine, "tiny", moderator=WordModerator(), api_key=API_KEY))
     yield url
     srv.should_exit = True
     thread.join(timeout=10)
-    engine.close()
+
+
+@pytest.fixture(scope="module")
+def feedback_server(engine, tmp_path_factory):
+    log = FeedbackLog(tmp_path_factory.mktemp("feedback") / "feedback.jsonl", "tiny")
+    srv, thread, url = serve_in_thread(create_app(engine, "tiny", feedback=log))
+    yield url, log
+    srv.should_exit = True
+    thread.join(timeout=10)
 
 
 def api_answer(url, messages):
@@ -97,6 +110,7 @@ def test_web_chat(server, browser, tmp_path):
     assert answer.locator(".text").text_content() == first
     assert answer.get_attribute("data-finish") == finish
     assert (answer.locator(".note", has_text="cut at max_tokens").count() == 1) == (finish == "length")
+    assert page.locator(".actions").count() == 0, "without --feedback the page shows no feedback buttons"
 
     # The whole history goes with the next request, the system message first; Shift+Enter is a new line.
     page.fill("#system", "Answer briefly.")
@@ -149,4 +163,99 @@ def test_web_chat(server, browser, tmp_path):
     assert answer.locator(".note", has_text="no longer fit").count() == 1
     assert answer.get_attribute("data-finish") in ("stop", "length")
     assert body["messages"][0]["role"] == "system" and body["messages"][-1] == {"role": "user", "content": long}
+    page.close()
+
+
+def watch(page):
+    """Collect the page's console errors, uncaught errors and chat request bodies."""
+    seen = {"errors": [], "bodies": []}
+    page.on("console", lambda m: seen["errors"].append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+    page.on("request", lambda r: seen["bodies"].append(json.loads(r.post_data))
+            if r.url.endswith("/v1/chat/completions") else None)
+    page.set_default_timeout(60_000)
+    return seen
+
+
+def press(locator):
+    """Activate a control by keyboard alone: focus it, press Enter."""
+    locator.focus()
+    locator.press("Enter")
+
+
+def test_web_feedback_thumbs_and_another_answer(feedback_server, browser):
+    url, log = feedback_server
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    seen = watch(page)
+    page.goto(url + "/")
+    page.locator("#model", has_text="tiny").wait_for()
+    page.fill("#max_tokens", str(MAX_TOKENS))
+    page.fill("#input", "Hello!")
+    page.press("#input", "Enter")
+    first = page.locator('#messages [data-role="assistant"]').first
+    first.and_(page.locator('[data-done="true"]')).wait_for()
+    first_text = first.locator(".text").text_content()
+
+    # A thumb, by keyboard: pressed, and a line in the thumbs file.
+    up = first.get_by_role("button", name="Good answer")
+    press(up)
+    page.locator('.thumb-up[aria-pressed="true"]').wait_for()
+    thumbs = [json.loads(x) for x in thumbs_path(log.path).read_text(encoding="utf-8").splitlines()]
+    assert [(t["answer"], t["rating"]) for t in thumbs] == [(first_text, "up")]
+    assert thumbs[0]["messages"] == [{"role": "user", "content": "Hello!"}]
+    assert thumbs[0]["user_id"].startswith("web-")
+
+    # Another answer (sampled, so it differs from the greedy first), then the reader picks the second.
+    for _ in range(3):
+        press(first.get_by_role("button", name="Another answer to compare with this one"))
+        second = page.locator('#messages [data-label="Answer 2"]').last
+        second.and_(page.locator('[data-done="true"]')).wait_for()
+        if page.locator(".choice:not(.status)").count():
+            break
+    assert seen["bodies"][-1]["temperature"] >= 0.8 and seen["bodies"][-1]["messages"] == seen["bodies"][0]["messages"]
+    second_text = second.locator(".text").text_content()
+    press(page.get_by_role("button", name="Answer 2 is better"))
+    page.locator(".choice.status").wait_for()
+    rankings, _ = read_rankings(log.path)
+    assert len(rankings) == 1 and rankings[0].answers == [second_text, first_text] and rankings[0].ranks == [0, 1]
+    assert rankings[0].messages == [{"role": "user", "content": "Hello!"}] and rankings[0].user_id == thumbs[0]["user_id"]
+
+    # The chosen answer is what the conversation carries on with.
+    page.fill("#input", "Thanks!")
+    page.press("#input", "Enter")
+    page.locator('#messages [data-role="assistant"][data-done="true"]').nth(2).wait_for()
+    assert seen["bodies"][-1]["messages"][:2] == [{"role": "user", "content": "Hello!"},
+                                                  {"role": "assistant", "content": second_text}]
+    assert seen["errors"] == [], seen["errors"]
+    page.close()
+
+
+MARKUP = '<img src=x onerror="document.title=\'pwned\'"><b>bold</b> & <script>alert(1)</script>'
+
+
+def test_web_renders_model_text_as_text(feedback_server, browser):
+    """Whatever the model writes, markup included, is shown as the characters it is, in both answers."""
+    url, _ = feedback_server
+    page = browser.new_page()
+    seen = watch(page)
+    events = [{"choices": [{"index": 0, "delta": {"content": MARKUP}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=sse))
+    page.goto(url + "/")
+    page.locator("#model", has_text="tiny").wait_for()
+    page.fill("#input", "Say something with markup.")
+    page.press("#input", "Enter")
+    answer = page.locator('#messages [data-role="assistant"][data-done="true"]').first
+    answer.wait_for()
+    assert answer.locator(".text").text_content() == MARKUP
+    press(answer.get_by_role("button", name="Another answer to compare with this one"))
+    second = page.locator('#messages [data-label="Answer 2"][data-done="true"]')
+    second.wait_for()
+    assert second.locator(".text").text_content() == MARKUP
+    assert second.locator(".note", has_text="the same answer again").count() == 1
+    assert page.locator("#messages img, #messages b, #messages script").count() == 0
+    assert page.title() == "chatforge"
+    assert seen["errors"] == [], seen["errors"]
     page.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from chatforge.errors import UserError
 from chatforge.io import atomic_write_json
+from chatforge.serve.arguments import MAX_TOKENS, check_chat_arguments
 from chatforge.serve.engine import Engine, Sampling, blocked_input, prompt_ids
 
 HELP = __doc__.split("Commands:\n", 1)[1]
@@ -59,6 +60,17 @@ class Conversation:
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         return text, final.finish
 
+    def save(self, path: str) -> str:
+        """Write the conversation; a path that cannot be written is said, and the conversation goes on."""
+        if not path:
+            return "usage: /save FILE"
+        try:
+            atomic_write_json(Path(path), {"messages": self.messages()})
+        except (OSError, ValueError) as e:  # ValueError: a path with a NUL byte
+            return f"could not save to {path}: {getattr(e, 'strerror', None) or e} (the conversation is still here; " \
+                   "try another path)"
+        return f"(saved {len(self.messages())} messages to {path})"
+
     def command(self, line: str) -> str:
         """Run a /command; returns what to print."""
         name, _, arg = line[1:].partition(" ")
@@ -70,12 +82,9 @@ class Conversation:
             self.system, self.history = arg, []
             return f"(system message {'set' if arg else 'removed'}; conversation cleared)"
         if name == "save":
-            if not arg:
-                return "usage: /save FILE"
-            atomic_write_json(Path(arg), {"messages": self.messages()})
-            return f"(saved {len(self.messages())} messages to {arg})"
+            return self.save(arg)
         settings = {"temp": ("temperature", float, 0.0, 2.0), "temperature": ("temperature", float, 0.0, 2.0),
-                    "top_p": ("top_p", float, 0.01, 1.0), "max_tokens": ("max_tokens", int, 1, 4096)}
+                    "top_p": ("top_p", float, 0.01, 1.0), "max_tokens": ("max_tokens", int, 1, MAX_TOKENS)}
         if name in settings:
             field, kind, low, high = settings[name]
             try:
@@ -96,14 +105,18 @@ class Conversation:
 
 def repl(conversation: Conversation, model_name: str, stdin=sys.stdin, stdout=sys.stdout):
     interactive = stdin.isatty()
+    if hasattr(stdin, "reconfigure"):  # a byte that is not UTF-8 arrives as a surrogate, and read_line says so
+        stdin.reconfigure(errors="surrogateescape")
     print(f"chatforge chat with {model_name}: type a message, /help for commands, /quit to leave.", file=stdout)
     while True:
         if interactive:
             print("\nyou> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
-        if not line:
+        line, problem = read_line(stdin)
+        if problem:
+            print(problem, file=stdout, flush=True)
+            continue
+        if line is None:
             break
-        line = line.rstrip("\n")
         if not line.strip():
             continue
         if line.strip() in ("/quit", "/exit"):
@@ -118,6 +131,24 @@ def repl(conversation: Conversation, model_name: str, stdin=sys.stdin, stdout=sy
         if conversation.forgotten > forgotten:
             note += "  [the oldest turns no longer fit the model's context and were dropped]"
         print(note, file=stdout, flush=True)
+
+
+def read_line(stdin) -> tuple[str | None, str | None]:
+    """(the next line without its newline, None) or (None, None) at the end, or ("", why) for a line that
+    is not UTF-8 text: it is skipped, the conversation goes on."""
+    try:
+        line = stdin.readline()
+    except UnicodeDecodeError as e:  # a stream that could not be told to escape bad bytes
+        return "", f"(that line is not UTF-8 text (byte {e.object[e.start]:#04x}); it was not sent)"
+    if not line:
+        return None, None
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(line[e.start]) - 0xDC00 if 0xDC80 <= ord(line[e.start]) <= 0xDCFF else None
+        what = f"byte {byte:#04x}" if byte is not None else f"character \\u{ord(line[e.start]):04x}"
+        return "", f"(that line is not UTF-8 text ({what} at character {e.start + 1}); it was not sent)"
+    return line.rstrip("\n"), None
 
 
 def load(model_dir: str):
@@ -146,6 +177,7 @@ def moderator_of(args):
 
 
 def main(args) -> None:
+    check_chat_arguments(args)
     model, tokenizer = load(args.model)
     moderator = moderator_of(args)
     engine = Engine(model, tokenizer, max_batch=1)

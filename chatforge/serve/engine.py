@@ -7,6 +7,10 @@ request that arrives mid-batch waits for the next one. On a CPU that is still se
 throughput of answering one request after another, because a step costs about the same for 1 row
 as for 32 (the weights are read once per step either way).
 
+Each row keeps its own limits: its own max_tokens and its own room in the model's context, never
+cut short by a longer prompt beside it; and the model computes each row as it would alone
+(`chatforge.serve.invariant`), so a greedy answer is the same alone and in any batch, bit for bit.
+
 Both front ends use it: `chatforge chat` (one request at a time, a queue as its sink) and the
 HTTP server (an asyncio queue per request). So the same greedy request gets the same text from both.
 """
@@ -24,8 +28,9 @@ from typing import Callable
 import torch
 
 from chatforge.generate import generate
+from chatforge.serve.invariant import make_batch_invariant
 from chatforge.serve.moderation import SENTENCE_ENDS
-from chatforge.tokenizer import IM_END
+from chatforge.tokenizer import IM_END, render_chat
 
 log = logging.getLogger("chatforge.serve")
 MODERATION_CHUNK = 40  # characters of answer a moderated stream may hold back before it checks and sends
@@ -38,9 +43,10 @@ class Sampling:
     top_k: int = 0
     max_tokens: int = 256
     seed: int | None = None  # fixes the draws of a sampled answer (requests with a seed run alone)
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these texts (OpenAI's `stop`)
 
     def group(self):
-        """Requests with equal keys can share a batch (max_tokens is enforced per row)."""
+        """Requests with equal keys can share a batch (max_tokens and stop are per row)."""
         return (self.temperature, self.top_p, self.top_k, self.seed if self.temperature > 0 else None)
 
 
@@ -67,6 +73,7 @@ class Request:
     read: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
+    limit: int = 0  # the most tokens this row may generate: its max_tokens, or less where the context ends
 
     def cancel(self):
         """The client went away: stop generating for it at the next step."""
@@ -81,21 +88,35 @@ class Request:
         after = tokenizer.decode(self.tokens[self.prefix :], skip_special_tokens=True)
         if len(after) <= len(before) or after.endswith("\ufffd"):  # nothing yet, or half a character: wait
             return
+        grown_from = len(self.text)
         self.text += after[len(before) :]
         self.prefix, self.read = self.read, len(self.tokens)
+        if self.sampling.stop and self._cut_at_stop(grown_from):
+            return
         text = self.text
+        safe = len(text) - stop_prefix_length(text, self.sampling.stop)  # what may still begin a stop text waits
         if self.moderator is None:
-            self._send(len(text))
+            self._send(safe)
             return
         # Moderated answers stream a sentence (or ~40 characters) at a time: the moderator judges text up
         # to `settled`, and a check per sentence costs far less than one per token for every row.
-        upto = self.moderator.settled(text)
+        upto = min(self.moderator.settled(text), safe)
         fresh = text[self.sent:upto]
         if len(fresh) >= MODERATION_CHUNK or any(c in fresh for c in SENTENCE_ENDS + "\n"):
             if not self.moderator.check_output(text).allowed:
                 self.finish("content_filter")
                 return
             self._send(upto)
+
+    def _cut_at_stop(self, grown_from: int) -> bool:
+        """End the answer before the first stop text, if the text that grew from `grown_from` completed one."""
+        start = max(0, grown_from - max(len(t) for t in self.sampling.stop) + 1)
+        found = [i for i in (self.text.find(t, start) for t in self.sampling.stop) if i >= 0]
+        if not found:
+            return False
+        self.text = self.text[: min(found)]
+        self.finish("stop")
+        return True
 
     def _send(self, upto: int):
         if upto > self.sent:
@@ -131,6 +152,18 @@ def stop_ids_of(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
+    """The length of the longest end of `text` that begins one of `stops` (0 if none): held back from a
+    stream until the next tokens say whether it is a stop text, so a stream never shows part of one."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
 def blocked_input(moderator, messages: list[dict]) -> str | None:
     """The moderator's polite message if any user or system message is blocked, else None (also when
     there is no moderator). Every front end checks a whole conversation this one way."""
@@ -143,14 +176,18 @@ def blocked_input(moderator, messages: list[dict]) -> str | None:
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """The conversation through the model's own chat template, ending where the assistant speaks."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
-    return list(out["input_ids"])
+    """The conversation through the model's own chat template, ending where the assistant speaks, rendered as the
+    training stages render it: a control token typed by the user (`<|im_end|>`) stays text, never a turn boundary."""
+    return render_chat(tokenizer, messages, add_generation_prompt=True)[0]
 
 
 class Engine:
+    """The model's owner: a worker thread that answers queued requests in batches. It switches the model
+    to batch-invariant arithmetic (in place), so give it a model of its own."""
+
     def __init__(self, model, tokenizer, max_batch: int = 32, gather_ms: float = 10.0):
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.invariant = make_batch_invariant(model)
         self.max_batch, self.gather_s = max_batch, gather_ms / 1000
         self.stop_ids = stop_ids_of(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -189,24 +226,10 @@ class Engine:
     # -- the worker --------------------------------------------------------------------------------
     def _work(self):
         while True:
-            first = self.queue.get()
-            if first is None:
+            batch = self._gather()
+            if batch is None:
                 return
-            batch = [first]
-            deadline = time.monotonic() + self.gather_s
-            while len(batch) < self.max_batch:  # wait a moment for the requests that came with it
-                try:
-                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.queue.put(None)  # close after this batch
-                    break
-                batch.append(item)
-            groups: dict = {}
-            for r in batch:
-                groups.setdefault(r.sampling.group(), []).append(r)
-            for group in groups.values():
+            for group in groups_of(batch):
                 try:
                     self._run(group)
                 except Exception:  # a bug or an out-of-memory must not take the server down
@@ -214,42 +237,74 @@ class Engine:
                     for r in group:
                         r.finish("error")
 
+    def _gather(self) -> list[Request] | None:
+        """The next request and those that arrive within gather_ms of it (up to max_batch); None: close."""
+        first = self.queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.gather_s
+        while len(batch) < self.max_batch:
+            try:
+                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self.queue.put(None)  # close after this batch
+                break
+            batch.append(item)
+        return batch
+
     def _run(self, group: list[Request]):
-        live = [r for r in group if not r.cancelled.is_set()]
+        """Generate for one group of requests with the same sampling settings, each row to its own limit."""
+        live = []
         for r in group:
-            if r.cancelled.is_set():
-                r.finish("stop")
+            # A row's room is its own: the context less its own prompt, never less because a longer prompt is beside it.
+            r.limit = max(0, min(r.sampling.max_tokens, self.max_positions - len(r.prompt_ids)))
+            if r.cancelled.is_set() or r.limit == 0:
+                r.finish("stop" if r.cancelled.is_set() else "length")
+            else:
+                live.append(r)
         if not live:
             return
-        # never past the model's context: the longest prompt leaves room for at least one token
-        room = self.max_positions - max(len(r.prompt_ids) for r in live)
-        limit = max(1, min(max(r.sampling.max_tokens for r in live), room))
         s = live[0].sampling
         generator = None
         if s.temperature > 0 and s.seed is not None:
             generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(s.seed)
         self.batch_sizes.append(len(live))
-
-        def on_step(tokens: list[int]) -> list[int]:
-            ended = []
-            for row, (r, tok) in enumerate(zip(live, tokens)):
-                if r.finished:
-                    continue
-                if tok in self.stop_ids:
-                    r.finish("stop")
-                elif r.cancelled.is_set():
-                    r.finish("stop")
-                    ended.append(row)
-                else:
-                    r.feed(tok, self.tokenizer)
-                    if not r.finished and len(r.tokens) >= min(r.sampling.max_tokens, limit):
-                        r.finish("length")
-                    if r.finished:
-                        ended.append(row)
-            return ended
-
-        generate(self.model, [r.prompt_ids for r in live], limit, pad_id=self.pad_id, stop_ids=self.stop_ids,
-                 temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator, on_step=on_step)
+        generate(self.model, [r.prompt_ids for r in live], max(r.limit for r in live), pad_id=self.pad_id,
+                 stop_ids=self.stop_ids, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator,
+                 on_step=lambda tokens: self._step(live, tokens))
         for r in live:
             if not r.finished:
                 r.finish("length")
+
+    def _step(self, live: list[Request], tokens: list[int]) -> list[int]:
+        """Hand each row its new token; the rows that end here (stop token or text, limit, cancelled)."""
+        ended = []
+        for row, (r, tok) in enumerate(zip(live, tokens)):
+            if r.finished:
+                continue
+            if tok in self.stop_ids:
+                r.finish("stop")
+            elif r.cancelled.is_set():
+                r.finish("stop")
+                ended.append(row)
+            else:
+                r.feed(tok, self.tokenizer)
+                if not r.finished and len(r.tokens) >= r.limit:
+                    r.finish("length")
+                if r.finished:
+                    ended.append(row)
+        return ended
+
+
+def groups_of(batch: list[Request]) -> list[list[Request]]:
+    """The batch split by sampling settings; a sampled request with a seed runs alone, so that its seed
+    fixes its draws whoever else is asking."""
+    groups: dict = {}
+    for r in batch:
+        s = r.sampling
+        key = (s.group(), id(r)) if s.temperature > 0 and s.seed is not None else s.group()
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())

@@ -219,7 +219,8 @@ def _finish(frame: StageRun, model, tokenizer, train: list[Encoded], held: list[
     if d.is_main or dist.sharded(model):  # each forward of a sharded model needs every process (all get the same bias)
         model.eval()
         # The SFT model's answers score 0 on average: the reward's zero means "as good as SFT already is".
-        raw = rewards_of_seqs(model, [seq for e in train for seq in e.seqs], reward_pad_id(tokenizer))
+        every = math.ceil(len(train) / cfg.bias_prompts)  # 1, all of them, on the laptop's 1.5k prompts
+        raw = rewards_of_seqs(model, [seq for e in train[::every] for seq in e.seqs], reward_pad_id(tokenizer))
         bias = -sum(raw) / len(raw)
         (model.get_base_model() if cfg.lora.rank else model).config.reward_bias = bias
         summary["reward_bias"] = round(bias, 6)
