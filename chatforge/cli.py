@@ -24,6 +24,7 @@ from chatforge.errors import UserError
 from chatforge.io import atomic_write_bytes
 from chatforge.label import cli as label_cli
 from chatforge.serve import app, chat
+from chatforge.serve.arguments import MAX_TOKENS, add_model_arguments, add_serve_arguments
 from chatforge.stages import BY_NAME, RUN_OPTIONS, STAGES, Option
 
 DEFAULT_RUN = "runs/laptop"
@@ -91,27 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _talk_parsers(sub):
     """chat and serve take a model directory, not a run: any stage's, or any local HF chat model."""
+    # serve's options are chatforge.serve.arguments' own, which its main and tests read: defined once, so the command
+    # line cannot lag behind what the server reads
     chat_p = sub.add_parser("chat", help="talk to a model in the terminal (history, streaming)")
     serve_p = sub.add_parser("serve", help="OpenAI-compatible API and web chat page for a model")
-    for p in (chat_p, serve_p):
-        p.add_argument("model", help="model directory, e.g. runs/laptop/sft (any local Hugging Face chat model)")
-        p.add_argument("--moderation", help="moderation rules file (YAML); default: the built-in rules")
-        p.add_argument("--no-moderation", action="store_true", help="turn the moderation filter off")
-        p.add_argument("--moderation-log", help="append every moderation decision to this JSON-lines file")
+    add_model_arguments(chat_p)
     chat_p.add_argument("--system", help="system message")
-    # the bounds of the REPL's /temp, /top_p and /max_tokens (serve.chat), which the flags set at the start
-    chat_p.add_argument("--temperature", type=_in_range(float, 0.0, 2.0), default=0.0, help="0 is greedy (default)")
-    chat_p.add_argument("--top-p", type=_in_range(float, 0.0, 1.0, low_open=True), default=1.0)
-    chat_p.add_argument("--max-tokens", type=_in_range(int, 1, 4096), default=256)
-    serve_p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    serve_p.add_argument("--port", type=int, default=8000)
-    serve_p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
-    serve_p.add_argument("--name", help="model id reported by /v1/models (default: the directory's name)")
-    serve_p.add_argument("--max-batch", type=int, default=32, help="most requests answered in one batch")
-    serve_p.add_argument("--gather-ms", type=float, default=30.0,
-                         help="how long a request waits for others to share its batch (default: 30 ms)")
-    serve_p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
-    serve_p.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest conversation accepted, in tokens")
+    # the bounds of the REPL's /temp, /top_p and /max_tokens (serve.chat), which the flags set at the start; checked
+    # by argparse here, so a bad value is "argument --temperature: ..." like every other flag the command line refuses
+    chat_p.add_argument("--temperature", type=_in_range(float, 0.0, 2.0), default=0.0,
+                        help="0 is greedy (default), at most 2")
+    chat_p.add_argument("--top-p", type=_in_range(float, 0.0, 1.0, low_open=True), default=1.0,
+                        help="nucleus sampling, above 0 and at most 1 (default 1)")
+    chat_p.add_argument("--max-tokens", type=_in_range(int, 1, MAX_TOKENS), default=256,
+                        help=f"longest answer, 1 to {MAX_TOKENS} (default 256)")
+    add_serve_arguments(serve_p)
 
 
 def _options(command: str) -> tuple[Option, ...]:
@@ -251,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatforge {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nchatforge {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
+        resume = "" if args.command in ("chat", "serve", "label") else "; run the same command again to resume"
+        print(f"\nchatforge {args.command}: interrupted{resume}.", file=sys.stderr)
         return 130
     return 0
 

@@ -85,7 +85,9 @@ def _check_sample(record, where: str):
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object (one prompt's samples), got {type(record).__name__}")
     answers = record.get("answers")
-    parse_ranking({**record, "order": list(range(len(answers))) if isinstance(answers, list) else [0, 1]}, where)
+    if not isinstance(answers, list):  # the field this file exists for, checked before the prompt's
+        raise DataError(f"{where}: field 'answers': missing, or not a list of the K answers")
+    parse_ranking({**record, "order": list(range(len(answers)))}, where)
     for key, kind in (("finished", list), ("gold", dict)):
         if not isinstance(record.get(key), kind):
             raise DataError(f"{where}: field '{key}': missing, or not a {kind.__name__}")

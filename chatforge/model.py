@@ -15,6 +15,7 @@ import torch
 from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM,
 )
+from transformers.utils import logging as hf_logging
 
 from chatforge.config import LoraConfig, ModelConfig
 from chatforge.errors import UserError
@@ -118,12 +119,28 @@ def load_sequence_classifier(path: Path, device: torch.device | str = "cpu", dty
     return _from_pretrained(AutoModelForSequenceClassification, path, device, dtype, **kwargs)
 
 
+NEW_HEADS = ("score.",)  # a sequence classifier made from a causal LM: its scalar head starts untrained
+
+
 def _from_pretrained(auto_class, path: Path, device, dtype: torch.dtype, **kwargs) -> torch.nn.Module:
     verified(path)  # a stage's directory: its weights as the stage wrote them
+    level = hf_logging.get_verbosity()
+    # transformers logs a table of every weight that did not fit before it raises; the one-line error says it all
+    hf_logging.set_verbosity_error()
     try:  # by its absolute path: an adapter saved over this model names it, and must find it from anywhere
-        model = auto_class.from_pretrained(str(path.resolve()), dtype=dtype, **kwargs)
+        model, info = auto_class.from_pretrained(str(path.resolve()), dtype=dtype, output_loading_info=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - a torn, empty or foreign weights file: whatever the loader raises, say where
-        raise UserError(f"{path}: cannot be loaded ({str(e).splitlines()[0][:300]})") from None
+        problem = str(e).splitlines()[0][:300]
+        if "ignore_mismatched_sizes" in problem:
+            problem = "the weights' shapes are not those config.json describes"
+        raise UserError(f"{path}: cannot be loaded ({problem})") from None
+    finally:
+        hf_logging.set_verbosity(level)
+    # with the report silenced, weights the files lack would be random without a word; only a new head may be
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith(NEW_HEADS)]
+    if missing:
+        raise UserError(f"{path}: cannot be loaded ({len(missing)} weights are missing from its files, e.g. "
+                        f"{sorted(missing)[0]})")
     return model.to(device)
 
 
@@ -144,7 +161,11 @@ def memory_savers(model: torch.nn.Module, grad_checkpointing: bool) -> torch.nn.
     """Recompute activations in the backward pass instead of keeping them, if asked: less memory, more compute."""
     if grad_checkpointing:
         inner = model.get_base_model() if isinstance(model, peft.PeftModel) else model
-        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(inner, "activation_checkpointing_enable", None)  # the newer name; the older one warns
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         inner.config.use_cache = False
     return model
 

@@ -38,7 +38,8 @@ def run_stage(entry: Stage, run_dir: Path, recipe: Recipe, **options):
 def run_all(run_dir: Path, recipe: Recipe):
     """Every stage in order, each announced with where the run is and what is left, then where to look."""
     t0 = time.time()
-    done = {s.name for s in STAGES if s.skip(recipe) or s.done(Path(run_dir), output_of(s, run_dir))}
+    # a stage that looks at what came before it (eval, report) is not done before those stages ran: never skipped here
+    done = {s.name for s in STAGES if s.skip(recipe) or (not s.rerun and s.done(Path(run_dir), output_of(s, run_dir)))}
     timer = StageClock(expected_seconds(STAGES, recipe, matmul_ceiling(dist.get().device)), skip=done)
     timings = {}
     for i, stage in enumerate(STAGES, 1):

@@ -108,7 +108,8 @@ def load_tokenizer(path: Path):
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise DataError(f"{path}: no tokenizer.json here (run `chatforge tokenizer` first)")
-    for name in TOKENIZER_FILES:  # read first, so that a damaged one is named, not a message without a file
+    # read first, so that a damaged one is named, not a message without a file (AutoTokenizer reads config.json too)
+    for name in (*TOKENIZER_FILES, "config.json"):
         if not isinstance(read_json(path / name), (dict, type(None))):
             raise DataError(f"{path / name}: expected a JSON object")
     try:

@@ -180,9 +180,9 @@ def _changed(before: dict | None, after: dict | None, allowed: tuple[str, ...]) 
 
 
 def put(path: Path, content) -> Path:
-    """Write `content` at `path`: bytes or text as they are; a dict or list as one JSON document."""
+    """Write `content` at `path`: bytes or text as they are; any other value as one JSON document."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, (dict, list)):
+    if not isinstance(content, (bytes, str)):
         content = json.dumps(content, ensure_ascii=False)
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     return path
@@ -542,7 +542,7 @@ def _own_model(dst: Path, damage):
 
 
 def _append(line: bytes):
-    return lambda path: path.write_bytes(path.read_bytes() + line)
+    return lambda path: path.write_bytes((path.read_bytes() if path.exists() else b"") + line)  # a kill in its first line
 
 
 def _unranked(line: bytes):

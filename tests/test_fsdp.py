@@ -190,14 +190,16 @@ def test_generation_in_lockstep_answers_as_alone(monkeypatch):
                                          num_attention_heads=2, num_key_value_heads=2)).eval()
     prompts = [[1, 2, 3], [4, 5], [6]]
     free = generate(model, prompts, 12, pad_id=0, stop_ids=[49])
-    stop = free[0].tokens[2]  # the third token of the first answer ends it (and maybe others) early
-    alone = generate(model, prompts, 12, pad_id=0, stop_ids=[stop])
+    # each answer ends by its third token (or by 49, where it did before): all are done early
+    stops = sorted({49} | {g.tokens[2] for g in free if len(g.tokens) > 2})
+    alone = generate(model, prompts, 12, pad_id=0, stop_ids=stops)
     forwards = []
     model.register_forward_hook(lambda *_: forwards.append(1))
     calls = []
     # another process is still generating for its first 10 checks
     monkeypatch.setattr(dist, "all_true", lambda flag: calls.append(flag) or (flag and len(calls) > 10))
     monkeypatch.setattr(dist, "sharded", lambda m: True)
-    stepped = generate(model, prompts, 12, pad_id=0, stop_ids=[stop])
+    stepped = generate(model, prompts, 12, pad_id=0, stop_ids=stops)
     assert stepped == alone
-    assert all(g.finished for g in alone) and len(calls) == 11 and len(forwards) == 11 + 1
+    # the prompt's forward, then one per check that found another process still generating
+    assert all(g.finished for g in alone) and len(calls) == 11 and len(forwards) == 1 + 10

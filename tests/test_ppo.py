@@ -10,8 +10,8 @@ import torch
 
 from chatforge.scoring import answer_logits, entropy_of, kl_k1, kl_k3, layout, token_logprobs
 from chatforge.train.ppo import (
-    adaptive_kl, explained_variance, gae, masked_mean, masked_var, masked_whiten, overoptimisation, policy_loss,
-    token_rewards, value_loss,
+    AdapterView, ValueView, adaptive_kl, explained_variance, gae, masked_mean, masked_var, masked_whiten,
+    overoptimisation, policy_loss, token_rewards, value_loss,
 )
 from conftest import RECIPES, cli, kill_at_first_checkpoint, top_level
 
@@ -371,3 +371,21 @@ def test_two_processes_run_ppo_with_ddp(rm_copy):
     assert summary["world_size"] == 2 and summary["iterations"] == 2
     records = [json.loads(x) for x in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(r["ptx_loss"] > 0 for r in records)
+
+
+def test_the_views_of_the_shared_lora_model_set_its_mode():
+    """The policy and value views hold the shared model outside their children; train() must still reach it, or
+    activation checkpointing (which acts only in training mode) never runs and PPO with LoRA keeps every activation."""
+    import peft
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    shared = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules="all-linear"))
+    policy, value = AdapterView(shared.eval(), "default"), ValueView(shared, torch.nn.Linear(16, 1))
+    policy.train()
+    assert shared.training and all(m.training for m in shared.modules())
+    value.eval()
+    assert not any(m.training for m in shared.modules())
+    value.train()
+    assert shared.training and value.head.training

@@ -64,9 +64,10 @@ def client(server):
     return OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
 
 
-def solo(engine, messages, max_tokens=12):
-    """The greedy answer to one conversation, asked alone."""
-    return engine.complete(prompt_ids(engine.tokenizer, messages), Sampling(temperature=0.0, max_tokens=max_tokens))[0]
+def solo(engine, messages, max_tokens=12, temperature=0.0, seed=None):
+    """The answer to one conversation, asked alone: greedy, or sampled with a seed (the same draws every time)."""
+    sampling = Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    return engine.complete(prompt_ids(engine.tokenizer, messages), sampling)[0]
 
 
 # ---- the engine and the terminal conversation ------------------------------------------------------
@@ -305,6 +306,23 @@ def serve_args(*argv):
     return parser.parse_args(["some-model", *argv])
 
 
+@pytest.mark.parametrize("command,add", [("chat", arguments.add_chat_arguments), ("serve", arguments.add_serve_arguments)])
+def test_the_command_line_defines_every_option_the_commands_read(command, add):
+    """`chatforge chat|serve` parse to what each command's main reads, defaults included (a flag the CLI lacks was an
+    AttributeError at start-up); a repeated --allow-origin and --feedback come through."""
+    from chatforge.cli import build_parser
+
+    own = argparse.ArgumentParser()
+    add(own)
+    assert vars(build_parser().parse_args([command, "some-model"])) == {"command": command,
+                                                                         **vars(own.parse_args(["some-model"]))}
+    if command == "serve":
+        args = build_parser().parse_args(["serve", "m", "--allow-origin", "https://a.example", "--allow-origin", "*",
+                                          "--feedback", "fb.jsonl", "--max-batch", "4", "--max-tokens-limit", "64"])
+        assert (args.allow_origin, args.feedback, args.max_batch, args.max_tokens_limit) == (
+            ["https://a.example", "*"], "fb.jsonl", 4, 64)
+
+
 @pytest.mark.parametrize("argv,flag", [(["--temperature", "-5"], "--temperature"), (["--temperature", "nan"], "--temperature"),
                                        (["--top-p", "7"], "--top-p"), (["--top-p", "0"], "--top-p"),
                                        (["--max-tokens", "0"], "--max-tokens")])
@@ -427,15 +445,19 @@ def test_greedy_answers_over_http_are_the_same_alone_and_in_a_batch_of_mixed_len
 
 
 def test_stop_over_http_plain_and_streaming(client, engine):
-    # a conversation whose greedy answer has some text to stop in (the tiny model's answers are noise)
-    messages, full = next((m, a) for m in MIXED if len((a := solo(engine, m, max_tokens=24)).strip()) >= 8)
-    stop = next(full[i : i + 3] for i in range(3, len(full) - 2) if full[i : i + 3].strip())
+    # An answer with some text to stop in. Not a greedy one: the tiny random model's greedy answers are a newline over
+    # and over (its tied embeddings make the prompt's last token, the "\n" after "assistant", the likeliest next one,
+    # and so on), so nothing but whitespace to stop in. A seeded sample is as repeatable, and varied.
+    messages, seed, full = next((m, seed, a) for seed in range(20) for m in MIXED
+                                if len((a := solo(engine, m, max_tokens=24, temperature=1.0, seed=seed)).strip()) >= 8)
+    # a stop text first found a few characters in, so that the answer before it is not empty
+    stop = next(full[i : i + 3] for i in range(3, len(full) - 2)
+                if full[i : i + 3].strip() and full.find(full[i : i + 3]) == i)
     expected = full[: full.index(stop)]
-    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=24,
-                                       stop=[stop, "never in this answer"])
+    sampled = {"temperature": 1.0, "seed": seed, "max_tokens": 24}
+    r = client.chat.completions.create(model="tiny", messages=messages, stop=[stop, "never in this answer"], **sampled)
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == (expected, "stop")
-    chunks = list(client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=24,
-                                                 stop=stop, stream=True))
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, stop=stop, stream=True, **sampled))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
 

@@ -189,11 +189,24 @@ def test_web_feedback_thumbs_and_another_answer(feedback_server, browser):
     seen = watch(page)
     page.goto(url + "/")
     page.locator("#model", has_text="tiny").wait_for()
+    # The settings start folded away (no 401 opens them here): open them as a reader does, with the header's button.
+    toggle = page.get_by_role("button", name="Settings", exact=True)
+    assert toggle.get_attribute("aria-expanded") == "false" and not page.locator("#settings").is_visible()
+    toggle.click()
+    assert toggle.get_attribute("aria-expanded") == "true"
     page.fill("#max_tokens", str(MAX_TOKENS))
-    page.fill("#input", "Hello!")
-    page.press("#input", "Enter")
-    first = page.locator('#messages [data-role="assistant"]').first
-    first.and_(page.locator('[data-done="true"]')).wait_for()
+    # Sampled: the tiny random model's greedy answer is a newline over and over, and a blank answer gets no feedback
+    # buttons (the rankings format has no blank answers). A sampled one has text, unless its first token ends it.
+    page.fill("#temperature", "1")
+    for _ in range(3):
+        page.fill("#input", "Hello!")
+        page.press("#input", "Enter")
+        first = page.locator('#messages [data-role="assistant"]').first
+        first.and_(page.locator('[data-done="true"]')).wait_for()
+        if first.locator(".actions").count():
+            break
+        assert not first.locator(".text").text_content().strip(), "an answer with text must offer feedback"
+        page.click("#reset")
     first_text = first.locator(".text").text_content()
 
     # A thumb, by keyboard: pressed, and a line in the thumbs file.
@@ -205,7 +218,7 @@ def test_web_feedback_thumbs_and_another_answer(feedback_server, browser):
     assert thumbs[0]["messages"] == [{"role": "user", "content": "Hello!"}]
     assert thumbs[0]["user_id"].startswith("web-")
 
-    # Another answer (sampled, so it differs from the greedy first), then the reader picks the second.
+    # Another answer (sampled, so it differs from the first), then the reader picks the second.
     for _ in range(3):
         press(first.get_by_role("button", name="Another answer to compare with this one"))
         second = page.locator('#messages [data-label="Answer 2"]').last
@@ -257,5 +270,39 @@ def test_web_renders_model_text_as_text(feedback_server, browser):
     assert second.locator(".note", has_text="the same answer again").count() == 1
     assert page.locator("#messages img, #messages b, #messages script").count() == 0
     assert page.title() == "chatforge"
+    assert seen["errors"] == [], seen["errors"]
+    page.close()
+
+
+def test_web_offers_no_feedback_on_a_blank_answer(feedback_server, browser):
+    """The rankings format has no blank answers, so the server refuses feedback on one: the page offers none, neither
+    thumbs under a blank answer nor a choice between an answer and a blank second one."""
+    url, _ = feedback_server
+    page = browser.new_page()
+    seen = watch(page)
+    answers = iter(["\n\n\n", "Paris.", " \n"])
+
+    def fulfill(route):
+        events = [{"choices": [{"index": 0, "delta": {"content": next(answers)}, "finish_reason": None}]},
+                  {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}]
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                      body="".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n")
+
+    page.route("**/v1/chat/completions", fulfill)
+    page.goto(url + "/")
+    page.locator("#model", has_text="tiny").wait_for()
+    done = page.locator('#messages [data-role="assistant"][data-done="true"]')
+    page.fill("#input", "Hello!")
+    page.press("#input", "Enter")
+    done.first.wait_for()
+    assert done.first.locator(".actions").count() == 0, "feedback offered on a blank answer"
+    page.fill("#input", "Where is the Eiffel tower?")
+    page.press("#input", "Enter")
+    done.nth(1).wait_for()
+    press(done.nth(1).get_by_role("button", name="Another answer to compare with this one"))
+    second = page.locator('#messages [data-label="Answer 2"][data-done="true"]')
+    second.wait_for()
+    assert second.locator(".note", has_text="an empty answer").count() == 1
+    assert page.locator(".choice").count() == 0, "a choice offered against a blank answer"
     assert seen["errors"] == [], seen["errors"]
     page.close()

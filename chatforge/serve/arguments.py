@@ -1,8 +1,8 @@
 """The command-line arguments of `chatforge chat` and `chatforge serve`, and their checks.
 
 Kept apart from the servers themselves so that building the `chatforge` parser imports nothing heavy.
-chatforge.cli wires them in; the checks run first in each command's main, so a value out of range is
-one line and exit 2 before a model loads or a URL is printed.
+chatforge.cli takes serve's options and the model options from here; the checks run first in each
+command's main, so a value out of range is one line and exit 2 before a model loads or a URL is printed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def add_model_arguments(parser: argparse.ArgumentParser):
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser):
-    """The arguments of `chatforge chat` (chatforge.cli wires them in)."""
+    """The arguments of `chatforge chat`, as its main reads them. chatforge.cli declares the same flags with argparse
+    range types, so that the command line refuses a bad value as it refuses any other flag; check_chat_arguments
+    holds the same bounds for callers that build their own parser."""
     add_model_arguments(parser)
     parser.add_argument("--system", help="system message")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default), at most 2")

@@ -220,6 +220,14 @@ def active(shared, name: str | None):
     yield
 
 
+def _train_shared(view: torch.nn.Module, mode: bool) -> torch.nn.Module:
+    """A view's mode is its shared model's too, which is not a child module (train() would not reach it): activation
+    checkpointing and LoRA dropout act only in training mode."""
+    torch.nn.Module.train(view, mode)
+    view._shared[0].train(mode)
+    return view
+
+
 class AdapterView(torch.nn.Module):
     """One adapter of a shared peft model (None: none, the frozen base) seen as a causal LM of its own. It holds the
     shared model out of its own parameters, so that optimizers and checkpoints see each weight once."""
@@ -243,6 +251,9 @@ class AdapterView(torch.nn.Module):
     def parameters(self, recurse: bool = True):
         return self._shared[0].parameters(recurse)
 
+    def train(self, mode: bool = True):
+        return _train_shared(self, mode)
+
     def forward(self, **kwargs):
         with active(self._shared[0], self.name):
             return self._shared[0](**kwargs)
@@ -255,6 +266,9 @@ class ValueView(torch.nn.Module):
         super().__init__()
         self._shared = [shared]
         self.head = head
+
+    def train(self, mode: bool = True):
+        return _train_shared(self, mode)
 
     def forward(self, input_ids, attention_mask, position_ids):
         base = self._shared[0].get_base_model()
