@@ -501,10 +501,15 @@ def _set_dotted(data: dict, dotted: str, value):
     node[keys[-1]] = value
 
 
+def shown(text: str) -> str:
+    """A --set value as an error shows it: on one line, its control characters (a newline, a NUL) escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def parse_override(text: str) -> tuple[str, object]:
     """'pretrain.lr=1e-3' -> ('pretrain.lr', 0.001); the value is read as a YAML scalar."""
     if "=" not in text:
-        raise ConfigError(f"--set {text}: must look like section.key=value")
+        raise ConfigError(f"--set {shown(text)}: must look like section.key=value")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -645,7 +650,7 @@ def load_recipe(path: Path | None = None, overrides: list[str] = ()) -> Recipe:
         try:
             _set_dotted(data, key, value)
         except ConfigError as e:
-            raise ConfigError(f"--set {text}: {e}") from None
+            raise ConfigError(f"--set {shown(text)}: {e}") from None
     try:
         return from_dict(Recipe, data)
     except ConfigError as e:
@@ -661,10 +666,10 @@ def _culprit(path: Path | None, parsed: list[tuple[str, str, object]]) -> str:
                 if other != text:
                     _set_dotted(data, key, value)
             from_dict(Recipe, data)
-            return f"--set {text}"
+            return f"--set {shown(text)}"
         except ConfigError:
             continue
-    return f"--set {parsed[0][0]}" if len(parsed) == 1 else "the --set values together"
+    return f"--set {shown(parsed[0][0])}" if len(parsed) == 1 else "the --set values together"
 
 
 def save_yaml(data: dict, path: Path):

@@ -168,9 +168,10 @@ def file_digest(path: Path) -> str:
 def verified(stage_dir: Path) -> bool:
     """Whether a stage is complete (summary.json) with its model files as it wrote them: a damaged or replaced file
     is a DataError saying which, not a model that quietly loads wrong."""
-    summary = read_json(Path(stage_dir) / "summary.json")
-    if summary is None:
+    path = Path(stage_dir) / "summary.json"
+    if not path.exists():
         return False
+    summary = read_json(path)
     files = summary.get("files", {}) if isinstance(summary, dict) else None
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise DataError(f"{Path(stage_dir) / 'summary.json'}: field 'files': not the {{file name: sha256}} this stage "

@@ -35,7 +35,7 @@ from forkcli import ForkCLI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatforge.config import Recipe, load_recipe, to_dict
+from chatforge.config import Recipe, load_recipe, shown, to_dict
 from chatforge.data.corpus import read_documents
 from chatforge.data.prompts import read_prompts
 from chatforge.errors import UserError
@@ -852,7 +852,7 @@ def test_generated_set_values_give_a_recipe_or_one_line_naming_the_set(key, valu
     try:
         recipe = load_recipe(None, [text])
     except UserError as e:
-        return _one_line_at(e, f"--set {text}")
+        return _one_line_at(e, f"--set {shown(text)}")  # a newline in the value is shown escaped: one line
     assert isinstance(recipe, Recipe)
     _judged("accepted")
 

@@ -38,7 +38,7 @@ def write_samples(path: Path, count: int, k: int = 3) -> Path:
 
 
 def label_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "chatforge.label.cli", "label", *args],
+    proc = subprocess.run([sys.executable, "-m", "chatforge.cli", "label", *args],
                           capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"label {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -172,7 +172,7 @@ def free_port() -> int:
 
 
 def start_server(run: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "chatforge.label.cli", "label", "--run", str(run), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "chatforge.cli", "label", "--run", str(run), "--port", str(port),
                              "--set", "label.annotators_per_task=3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -19,7 +19,7 @@ from chatforge.label.tasks import read_tasks
 
 
 def label_cli(*args) -> str:
-    proc = subprocess.run([sys.executable, "-m", "chatforge.label.cli", "label", *map(str, args)],
+    proc = subprocess.run([sys.executable, "-m", "chatforge.cli", "label", *map(str, args)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

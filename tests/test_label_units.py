@@ -114,7 +114,7 @@ def test_ranks_of_reads_ties_and_refuses_non_orderings():
     assert order_of([0, 2, 0, 1]) == [[0, 2], 3, 1] and ranks_of(order_of([1, 2, 0, 1]), 4) == [1, 2, 0, 1]
     for order, message in [([0, 0, 1], "index 0 appears twice"), ([0, 1], "index 2 is missing"),
                            ([0, 1, 3], "index 3 is out of range for 3 answers"), ([0, [], 1, 2], "empty tie group"),
-                           ([0, "1", 2], "must be an integer"), ([0, True, 2], "must be an integer"),
+                           ([0, "1", 2], "must be an answer index"), ([0, True, 2], "must be an answer index"),
                            ([], "non-empty list"), ("0,1,2", "non-empty list")]:
         with pytest.raises(LabelError, match=message) as e:
             ranks_of(order, 3)

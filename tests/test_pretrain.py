@@ -141,7 +141,8 @@ def test_recipe_with_an_unknown_key_is_a_one_line_error(tmp_path):
     run = tmp_path / "run"
     proc = cli("world", "--run", str(run), "--recipe", str(recipe), check=False)
     assert proc.returncode == 2
-    assert f"{recipe}: unknown key 'pretrain.stepz'" in proc.stderr and "Traceback" not in proc.stderr
+    # the file and the line of the key
+    assert f"{recipe}:4: unknown key 'pretrain.stepz'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (run / "data").exists()  # nothing was written
     recipe.write_text("model:\n  n_layers: four\n")
     proc = cli("pretrain", "--run", str(run), "--recipe", str(recipe), check=False)

@@ -80,7 +80,7 @@ def test_eval_windows_are_fixed_and_cover_the_stream():
 def test_config_unknown_key_wrong_type_and_overrides(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("pretrain:\n  stepz: 10\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'pretrain.stepz'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: unknown key 'pretrain.stepz'"):
         load_recipe(bad)
     bad.write_text("model:\n  d_model: big\n")
     with pytest.raises(ConfigError, match=r"model.d_model: expected int, got str 'big'"):

@@ -226,8 +226,23 @@ def _answers(obj: dict) -> list[str]:
 
 
 def _order_ranks(obj: dict, k: int) -> list[int]:
-    """Per answer, the position of its group in "order"; every index 0..k-1 exactly once."""
-    order = obj["order"]
+    return _ranks(obj["order"], k)
+
+
+class BadOrder(ValueError):
+    """An "order" that is no ordering of the answers; its text says why, as "field 'order': ..."."""
+
+
+def ranks_of_order(order, k: int) -> list[int]:
+    """Per answer, the position of its group in `order` (0 = best): [2, [0, 3], 1] -> [1, 2, 0, 1]; every index
+    0..k-1 exactly once, else BadOrder (the rankings reader and the labelling app's submit both take orders)."""
+    try:
+        return _ranks(order, k)
+    except _Bad as e:
+        raise BadOrder(str(e)) from None
+
+
+def _ranks(order, k: int) -> list[int]:
     if not isinstance(order, list) or not order:
         got = "an empty list" if order == [] else _type(order)
         raise _Bad("order", f"must be a non-empty list of answer indices and tie groups, got {got}")

@@ -6,8 +6,8 @@
     chatforge label simulate --run runs/NAME --error P [--annotators A] [--seed S] [--url URL]
     chatforge label ai --run runs/NAME --endpoint URL --model NAME [--name NAME] [--api-key-env VAR] [--url URL]
 
-`add_parsers(subparsers)` adds it to a command's subparsers and `main(args)` runs it (user errors are
-raised as UserError for the caller to print). Run alone: python -m chatforge.label.cli label ...
+`add_parsers(subparsers)` adds it to the `chatforge` command's subparsers and `main(args)` runs it (user errors
+are raised as UserError, which chatforge.cli prints in one line).
 """
 
 from __future__ import annotations
@@ -213,25 +213,3 @@ def ai(args):
         stop()
     print(f"label ai: {name} labelled {counts['labelled']} tasks, skipped {counts['skipped']} "
           f"(replies that were no valid ranking)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chatforge")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        main(args)
-    except UserError as e:
-        print(f"chatforge label: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from chatforge.data.rankings import RATING_KEYS, RATING_MAX, RATING_MIN
+from chatforge.data.rankings import RATING_KEYS, RATING_MAX, RATING_MIN, BadOrder, ranks_of_order
 from chatforge.label.errors import LabelError
 
 # per answer: harmful content, made-up facts, someone's personal data, not in the asker's language
@@ -55,26 +55,12 @@ def parse_label(body: dict, k: int) -> dict:
 
 
 def ranks_of(order, k: int) -> list[int]:
-    """Per answer, the position of its group in `order` (0 = best): [2, [0, 3], 1] -> [1, 2, 0, 1]."""
-    if not isinstance(order, list) or not order:
-        raise bad("order", f"must be a non-empty list of answer indices and tie groups, got {_show(order)}")
-    ranks = [None] * k
-    for position, element in enumerate(order):
-        group = element if isinstance(element, list) else [element]
-        if not group:
-            raise bad("order", f"element {position} is an empty tie group")
-        for index in group:
-            if not isinstance(index, int) or isinstance(index, bool):
-                raise bad("order", f"element {position}: an answer index must be an integer, got {_show(index)}")
-            if not 0 <= index < k:
-                raise bad("order", f"index {index} is out of range for {k} answers")
-            if ranks[index] is not None:
-                raise bad("order", f"index {index} appears twice")
-            ranks[index] = position
-    missing = [i for i, r in enumerate(ranks) if r is None]
-    if missing:
-        raise bad("order", f"index {missing[0]} is missing (every answer must be ranked)")
-    return ranks
+    """Per answer, the position of its group in `order` (0 = best): [2, [0, 3], 1] -> [1, 2, 0, 1]. Read as the
+    rankings reader reads an order, so that a label the app takes is one the export can write."""
+    try:
+        return ranks_of_order(order, k)
+    except BadOrder as e:
+        raise LabelError(400, "order", str(e)) from None
 
 
 def order_of(ranks: list[int]) -> list:
