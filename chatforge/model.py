@@ -115,14 +115,16 @@ def load_sequence_classifier(path: Path, device: torch.device | str = "cpu", dty
                              **kwargs) -> torch.nn.Module:
     """A local directory as `AutoModelForSequenceClassification` (a reward model, or an SFT model given a head)."""
     path = Path(path)
-    model_config(path)
-    return _from_pretrained(AutoModelForSequenceClassification, path, device, dtype, **kwargs)
+    archs = getattr(model_config(path), "architectures", None) or []
+    # made from a causal LM (the reward stage's start), the scalar head is new and starts untrained; a reward model's
+    # own directory holds it, and must
+    new_head = () if any(a.endswith("ForSequenceClassification") for a in archs) else ("score.",)
+    return _from_pretrained(AutoModelForSequenceClassification, path, device, dtype, may_miss=new_head, **kwargs)
 
 
-NEW_HEADS = ("score.",)  # a sequence classifier made from a causal LM: its scalar head starts untrained
-
-
-def _from_pretrained(auto_class, path: Path, device, dtype: torch.dtype, **kwargs) -> torch.nn.Module:
+def _from_pretrained(auto_class, path: Path, device, dtype: torch.dtype, may_miss: tuple[str, ...] = (),
+                     **kwargs) -> torch.nn.Module:
+    """The model, or a UserError; weights its files lack are an error, but for those starting with `may_miss`."""
     verified(path)  # a stage's directory: its weights as the stage wrote them
     level = hf_logging.get_verbosity()
     # transformers logs a table of every weight that did not fit before it raises; the one-line error says it all
@@ -136,8 +138,8 @@ def _from_pretrained(auto_class, path: Path, device, dtype: torch.dtype, **kwarg
         raise UserError(f"{path}: cannot be loaded ({problem})") from None
     finally:
         hf_logging.set_verbosity(level)
-    # with the report silenced, weights the files lack would be random without a word; only a new head may be
-    missing = [k for k in info.get("missing_keys", ()) if not k.startswith(NEW_HEADS)]
+    # with the report silenced, weights the files lack would be random without a word
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith(may_miss)]
     if missing:
         raise UserError(f"{path}: cannot be loaded ({len(missing)} weights are missing from its files, e.g. "
                         f"{sorted(missing)[0]})")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import re
 import socket
@@ -39,6 +38,7 @@ from chatforge.label.errors import LabelError
 from chatforge.label.store import LabelStore
 from chatforge.label.tasks import display_order
 from chatforge.label.validate import order_of, parse_label, require_keys, task_id_of
+from chatforge.request_body import NotAnObject, TooLarge, json_object, read_capped
 
 log = logging.getLogger("chatforge.label")
 WEB_PAGE = Path(__file__).with_name("web") / "index.html"
@@ -134,21 +134,14 @@ def create_app(store: LabelStore, cfg: LabelConfig, gold=None):
         return await call(request, lambda name: {"annotator": name, "annotators_per_task": cfg.annotators_per_task},
                           with_body=False)
 
-    @app.post("/api/next")
-    async def next_task(request: Request):
-        return await call(request, labelling.next)
+    def action(act):  # one POST route per action of the annotator: next, submit, skip, undo
+        async def route(request: Request):
+            return await call(request, act)
+        return route
 
-    @app.post("/api/submit")
-    async def submit(request: Request):
-        return await call(request, labelling.submit)
-
-    @app.post("/api/skip")
-    async def skip(request: Request):
-        return await call(request, labelling.skip)
-
-    @app.post("/api/undo")
-    async def undo(request: Request):
-        return await call(request, labelling.undo)
+    for name, act in (("next", labelling.next), ("submit", labelling.submit), ("skip", labelling.skip),
+                      ("undo", labelling.undo)):
+        app.add_api_route(f"/api/{name}", action(act), methods=["POST"], name=name)
 
     @app.get("/api/stats")
     async def dashboard(request: Request):
@@ -196,14 +189,11 @@ async def read_json(request, max_bytes: int) -> dict:
     if content_type != "application/json":
         raise LabelError(415, "Content-Type", f"header 'Content-Type' must be application/json, "
                                               f"got {content_type or 'none'!r}")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise LabelError(413, "body", f"body: {declared} bytes, over the limit of {max_bytes}")
-    raw = b""
-    async for part in request.stream():
-        raw += part
-        if len(raw) > max_bytes:
-            raise LabelError(413, "body", f"body: over the limit of {max_bytes} bytes")
+    try:
+        raw = await read_capped(request, max_bytes)
+    except TooLarge as e:
+        raise LabelError(413, "body", f"body: {e.declared} bytes, over the limit of {max_bytes}" if e.declared else
+                                      f"body: over the limit of {max_bytes} bytes") from None
     return parse_body(raw)
 
 
@@ -211,12 +201,10 @@ def parse_body(raw: bytes) -> dict:
     if _depth(raw) > MAX_DEPTH:  # before parsing: a deep enough nesting would exhaust the parser's recursion
         raise LabelError(400, "body", f"body: nested deeper than {MAX_DEPTH} levels")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LabelError(400, "body", f"body: not valid JSON ({e})") from None
-    if not isinstance(body, dict):
-        raise LabelError(400, "body", f"body: must be a JSON object, got {type(body).__name__}")
-    return body
+        return json_object(raw)
+    except NotAnObject as e:
+        raise LabelError(400, "body", f"body: must be a JSON object, got {e}" if e.kind == "type" else
+                                      f"body: not valid JSON ({e})") from None
 
 
 def _depth(raw: bytes) -> int:

@@ -1,6 +1,8 @@
 """The knobs of `chatforge label` (the recipe's `label:` section)."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from chatforge.errors import ConfigError
 
 
 @dataclass
@@ -13,18 +15,11 @@ class LabelConfig:
     max_body_bytes: int = 65536  # an API request body larger than this is refused (413)
     pace_window_seconds: float = 3600.0  # the dashboard's pace and time left count the labels of this last stretch
 
-    def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-                setattr(self, f.name, value)
-            if type(value) is not f.type:
-                raise ValueError(f"label.{f.name}: expected {f.type.__name__}, got {value!r}")
+    def __post_init__(self):  # each field's type is checked where recipes are read (config.from_dict)
         if not 1 <= self.annotators_per_task <= 100:
-            raise ValueError(f"label.annotators_per_task must be in [1, 100], got {self.annotators_per_task}")
+            raise ConfigError(f"label.annotators_per_task must be in [1, 100], got {self.annotators_per_task}")
         for name in ("lease_seconds", "pace_window_seconds"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"label.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"label.{name} must be positive, got {getattr(self, name)}")
         if self.max_body_bytes < 1024:
-            raise ValueError(f"label.max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+            raise ConfigError(f"label.max_body_bytes must be at least 1024, got {self.max_body_bytes}")

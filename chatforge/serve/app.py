@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request  # at module level: FastAPI resolves the string annotations here
 
 from chatforge.errors import UserError
+from chatforge.request_body import TooLarge, read_capped
 from chatforge.serve.arguments import check_serve_arguments
 from chatforge.serve.chat import load, moderator_of
 from chatforge.serve.engine import Engine, Event, blocked_input, prompt_ids
@@ -224,15 +225,11 @@ def sse(data: dict) -> str:
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refused (413) as soon as it is known to be over `max_bytes`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, f"The request body is {declared} bytes; the limit is {max_bytes}.")
-    raw = b""
-    async for part in request.stream():
-        raw += part
-        if len(raw) > max_bytes:
-            raise ApiError(413, f"The request body is over the limit of {max_bytes} bytes.")
-    return raw
+    try:
+        return await read_capped(request, max_bytes)
+    except TooLarge as e:
+        raise ApiError(413, f"The request body is {e.declared} bytes; the limit is {max_bytes}." if e.declared else
+                            f"The request body is over the limit of {max_bytes} bytes.") from None
 
 
 async def cancel_on_disconnect(request: Request, handle):

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from chatforge.request_body import NotAnObject, json_object
 from chatforge.serve.engine import Sampling
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -54,14 +55,11 @@ class ChatRequest:
 def parse_json(raw: bytes) -> dict:
     """The body as a JSON object, or a 400 saying why not."""
     try:
-        body = json.loads(raw)
-    except RecursionError:  # "[[[[..." thousands deep: Python's parser gives up, the client gets told
-        raise ApiError(400, "The body is nested too deeply to be a chat request.") from None
-    except ValueError as e:  # not JSON, not UTF-8, or an integer of thousands of digits
-        raise ApiError(400, f"The body is not valid JSON: {e}.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The body must be a JSON object.")
-    return body
+        return json_object(raw)
+    except NotAnObject as e:
+        raise ApiError(400, {"deep": "The body is nested too deeply to be a chat request.",
+                             "invalid": f"The body is not valid JSON: {e}.",
+                             "type": "The body must be a JSON object."}[e.kind]) from None
 
 
 def parse_chat_request(body: dict, limits: Limits) -> ChatRequest:
