@@ -75,6 +75,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_the_store_stays_intact(served):
     cases = [
         (post("/api/submit", raw=b'{"task_id": "t001", "order": [0, 1'), 400, "body", "not valid JSON"),
         (post("/api/submit", raw=b"\xff\xfe{}"), 400, "body", "not valid JSON"),
+        (post("/api/submit", raw=b'{"task_id": ' + b"1" * 5000 + b"}"), 400, "body", "not valid JSON"),  # int too long
         (post("/api/submit", [1, 2]), 400, "body", "must be a JSON object"),
         (post("/api/submit", raw=b"[" * 5000 + b"]" * 5000), 400, "body", "nested deeper than 6"),
         (post("/api/submit", raw=b'{"x": "' + b"a" * 70000 + b'"}'), 413, "body", "over the limit"),
