@@ -286,6 +286,10 @@ class PPOConfig:
     ptx_coef: float = 1.0  # γ of PPO-ptx: weight of the pretraining loss added to the policy loss (0: plain PPO)
     ptx_batch_size: int = 16  # pretraining windows per minibatch, with ptx_coef > 0
     ptx_len: int = 64  # tokens per pretraining window
+    # episodes per forward pass, in scoring the rollout and in each optimizer step (gradients accumulate over a
+    # minibatch's micro-batches, each weighted by its share of the answer tokens); 0: a whole batch at once. Smaller
+    # passes hold less memory at a time: on a CPU, glibc keeps what a big pass freed (docs/findings.md)
+    micro_batch_size: int = 0
     # on the built-in world, also PPO against the gold judge and PPO without ptx, so the report can say what the
     # reward model and PPO-ptx each add (two more PPO runs)
     ablations: bool = True
@@ -302,7 +306,7 @@ class PPOConfig:
                                 "value_clip_range", "target_kl", "temperature"))
         if self.batch_size % self.minibatches:
             raise ConfigError(f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.minibatches ({self.minibatches})")
-        for name in ("kl_coef", "ptx_coef", "unfinished_penalty"):
+        for name in ("kl_coef", "ptx_coef", "unfinished_penalty", "micro_batch_size"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):

@@ -239,6 +239,48 @@ def test_ppo_trains_the_distribution_it_sampled_from(rm_copy):
     assert stats["approx_kl"] < 1e-10 and stats["clipfrac"] == 0.0
 
 
+@pytest.mark.slow
+def test_micro_batches_give_the_minibatch_gradient(rm_copy, monkeypatch):
+    """ppo.micro_batch_size only cuts the work into smaller passes: the rollout's log-probabilities and values, the
+    accumulated gradients (ptx included) and the statistics are those of the whole minibatch in one pass."""
+    from dataclasses import replace
+
+    from chatforge.config import load_recipe
+    from chatforge.train import ppo
+
+    run = rm_copy("micro")
+    torch.manual_seed(0)
+    cfg, d, models, scorer, prompts, opts = _iteration(run, ppo_epochs=1, minibatches=1)
+    batch = ppo.rollout(models, scorer, prompts[:8], cfg, 0.05, None, d.device)
+    whole = ppo._score_rows(models, batch.ids, batch.attention, batch.positions, batch.prompt_width, cfg, d.device)
+    sliced = [ppo._score_rows(models, batch.ids[rows], batch.attention[rows], batch.positions[rows],
+                              batch.prompt_width, cfg, d.device) for rows in ppo._row_slices(8, 3)]
+    for a, b in zip(whole, (torch.cat(part) for part in zip(*sliced))):
+        assert torch.allclose(a * batch.answer_mask, b * batch.answer_mask, atol=1e-5)
+
+    grads = []
+    real_step = ppo.clip_and_step
+
+    def recording_step(params, optimizer, max_norm):
+        grads.append([p.grad.clone() for p in params if p.grad is not None])
+        return real_step(params, optimizer, max_norm)
+
+    monkeypatch.setattr(ppo, "clip_and_step", recording_step)
+    recipe = load_recipe(RECIPES / "tiny.yaml")
+    stats = {}
+    for size in (0, 3):  # 3: micro-batches of 3, 3 and 2 episodes, of different answer lengths
+        torch.manual_seed(1)
+        cfg, d, models, scorer, prompts, opts = _iteration(run, ppo_epochs=1, minibatches=1, micro_batch_size=size)
+        ptx = ppo._ptx_sampler(run, replace(recipe, ppo=cfg), models.tokenizer)
+        stats[size] = ppo.optimise(models.policy, models.value, models, opts, batch, cfg, ptx, 0, d)
+    assert len(grads) == 4  # policy and value steps, for each size
+    for one, accumulated in ((grads[0], grads[2]), (grads[1], grads[3])):
+        assert len(one) == len(accumulated) > 0
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(one, accumulated))
+    assert stats[0].keys() == stats[3].keys() and stats[0]["ptx_loss"] > 0
+    assert all(math.isclose(stats[0][k], stats[3][k], rel_tol=1e-4, abs_tol=1e-6) for k in stats[0]), stats
+
+
 def _exact_kl(policy, reference, batch) -> float:
     """Mean over answer tokens of the exact KL(π || π_ref) of the next-token distributions (no sampling noise)."""
     w = batch.prompt_width

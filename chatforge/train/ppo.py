@@ -333,15 +333,16 @@ class Scorer:
     """The frozen reward model's score of decoded answers (re-encoded exactly as it was trained: conversation,
     answer, <|im_end|>), plus bias; an answer that never ended is scored as cut there, less the penalty."""
 
-    def __init__(self, reward_model, bias: float, tokenizer, max_len: int, unfinished_penalty: float):
+    def __init__(self, reward_model, bias: float, tokenizer, max_len: int, unfinished_penalty: float,
+                 batch_size: int = 64):
         self.model, self.bias, self.tokenizer = reward_model, bias, tokenizer
-        self.max_len, self.penalty = max_len, unfinished_penalty
+        self.max_len, self.penalty, self.batch_size = max_len, unfinished_penalty, batch_size
 
     @torch.no_grad()
     def __call__(self, prompts: list[dict], texts: list[str], finished: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """(score with penalty [B], the reward model's own score [B])."""
         seqs = [answer_ids(self.tokenizer, p["messages"], t, self.max_len) for p, t in zip(prompts, texts)]
-        raw = torch.tensor(rewards_of_seqs(self.model, seqs, self.model.config.pad_token_id)) + self.bias
+        raw = torch.tensor(rewards_of_seqs(self.model, seqs, self.model.config.pad_token_id, self.batch_size)) + self.bias
         return raw - _unfinished(finished, self.penalty), raw
 
 
@@ -379,13 +380,10 @@ def rollout(models: Models, scorer, prompts: list[dict], cfg: PPOConfig, beta: f
     finished = [g.finished for g in gens]
     ids, attention, positions, mask = (x.to(device) for x in layout([p["ids"] for p in prompts], answers, tokenizer.pad_token_id))
     width = ids.shape[1] - mask.shape[1]
-    tokens = ids[:, width:]
-    with autocast(device, cfg.dtype):
-        # both models at the rollout temperature: the policy's is what sampled the answers, and the KL is between the two
-        old_logits = answer_logits(models.policy, ids, attention, positions, width, cfg.temperature)
-        old_logp = token_logprobs(old_logits, tokens)
-        ref_logp = token_logprobs(answer_logits(models.reference, ids, attention, positions, width, cfg.temperature), tokens)
-        values = answer_values(models.value, ids, attention, positions, width) * mask
+    parts = [_score_rows(models, ids[rows], attention[rows], positions[rows], width, cfg, device)
+             for rows in _row_slices(ids.shape[0], cfg.micro_batch_size)]
+    old_logp, ref_logp, values, entropy = (torch.cat(part) for part in zip(*parts))
+    values = values * mask
     score, rm_score = scorer(prompts, texts, finished)
     score, rm_score = score.to(device), rm_score.to(device)
     kl = kl_k1(old_logp, ref_logp) * mask
@@ -398,7 +396,7 @@ def rollout(models: Models, scorer, prompts: list[dict], cfg: PPOConfig, beta: f
         "reward/total": float((rewards * mask).sum(1).mean()),  # score - β·KL per answer
         "kl": float(kl.sum(1).mean()),  # nats per answer, k1 summed over its tokens
         "kl_k3": float((kl_k3(old_logp, ref_logp) * mask).sum(1).mean()),
-        "entropy": float(masked_mean(entropy_of(old_logits), mask)),
+        "entropy": float(masked_mean(entropy, mask)),
         "length": float(mask.sum(1).mean()),
         "unfinished": 1 - sum(finished) / len(finished),
         "gen_tokens": int(mask.sum()),
@@ -407,6 +405,27 @@ def rollout(models: Models, scorer, prompts: list[dict], cfg: PPOConfig, beta: f
         **_gold(scorer, judge, prompts, texts, finished, stats_rm=float(rm_score.mean())),
     }
     return Rollout(ids, attention, positions, mask, old_logp, ref_logp, values, advantages, returns, stats)
+
+
+def _row_slices(n: int, size: int) -> list[slice]:
+    """Rows 0..n-1 in slices of `size` (0: one slice of all)."""
+    size = size or n
+    return [slice(start, start + size) for start in range(0, n, size)]
+
+
+def _score_rows(models: Models, ids, attention, positions, width: int, cfg: PPOConfig, device):
+    """(log π_old, log π_ref, V, entropy of π_old), each [B, T], of the answers in rows laid out as the rollout's.
+    Prompt columns that are padding in every row are left out: a slice of short prompts needs fewer."""
+    first = int(attention[:, :width].any(0).float().argmax())
+    ids, attention, positions, width = ids[:, first:], attention[:, first:], positions[:, first:], width - first
+    tokens = ids[:, width:]
+    with autocast(device, cfg.dtype):
+        # both models at the rollout temperature: the policy's is what sampled the answers, and the KL is between the two
+        old_logits = answer_logits(models.policy, ids, attention, positions, width, cfg.temperature)
+        old_logp = token_logprobs(old_logits, tokens)
+        ref_logp = token_logprobs(answer_logits(models.reference, ids, attention, positions, width, cfg.temperature), tokens)
+        values = answer_values(models.value, ids, attention, positions, width)
+    return old_logp, ref_logp, values, entropy_of(old_logits)
 
 
 def _gold(scorer, judge: Judge | None, prompts: list[dict], texts: list[str], finished: list[bool], stats_rm: float) -> dict:
@@ -434,7 +453,8 @@ def optimise(policy, value_model, models: Models, optimizers: dict, batch: Rollo
         for k, group in enumerate(torch.randperm(len(groups), generator=g).tolist()):
             step = (iteration * cfg.ppo_epochs + epoch) * cfg.minibatches + k
             windows = ptx.rank_rows(step, cfg.ptx_batch_size).to(d.device) if ptx is not None else None
-            stats = _minibatch_step(policy, value_model, models, optimizers, _slice(batch, groups[group]), windows, cfg, d)
+            micro = _micro_batches(batch, groups[group], cfg.micro_batch_size)
+            stats = _minibatch_step(policy, value_model, models, optimizers, micro, windows, cfg, d)
             for key, v in stats.items():
                 sums[key] = sums.get(key, 0.0) + v
             count += 1
@@ -451,27 +471,55 @@ def _length_groups(batch: Rollout, minibatches: int) -> list[torch.Tensor]:
     return [by_length[start : start + size] for start in range(0, n - size + 1, size)]
 
 
-def _minibatch_step(policy, value_model, models: Models, optimizers: dict, mb: dict, ptx_windows, cfg: PPOConfig,
-                    d: dist.Dist) -> dict:
-    """One clipped policy step (+ γ·the next-token loss on ptx_windows) and one clipped value step on minibatch `mb`."""
-    ids, attention, positions, width, mask = mb["ids"], mb["attention"], mb["positions"], mb["width"], mb["mask"]
-    with autocast(d.device, cfg.dtype):
-        logits = answer_logits(policy, ids, attention, positions, width, cfg.temperature)
-        logp = token_logprobs(logits, ids[:, width:])
-        pg, pg_stats = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_range)
-        ptx_loss = next_token_loss(policy, ptx_windows) if ptx_windows is not None else torch.zeros(())
-        loss = pg + cfg.ptx_coef * ptx_loss if ptx_windows is not None else pg
-    loss.backward()
-    policy_norm = clip_and_step(models.policy_params, optimizers["policy"], cfg.optim.grad_clip)
-    with autocast(d.device, cfg.dtype):
-        values = answer_values(value_model, ids, attention, positions, width)
-        vf, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mask, cfg.value_clip_range)
-    vf.backward()
+def _micro_batches(batch: Rollout, idx: torch.Tensor, size: int) -> list[dict]:
+    """Minibatch `idx` in micro-batches of `size` episodes (0: one), each with its share of the minibatch's answer
+    tokens: the weight of its loss, so that the accumulated gradient is that of the token mean over the minibatch."""
+    micro = [_slice(batch, idx[rows]) for rows in _row_slices(len(idx), size)]
+    counts = [float(mb["mask"].sum()) for mb in micro]
+    for mb, count in zip(micro, counts):
+        mb["share"] = count / sum(counts) if sum(counts) else 1 / len(micro)
+    return micro
+
+
+def _minibatch_step(policy, value_model, models: Models, optimizers: dict, micro: list[dict], ptx_windows,
+                    cfg: PPOConfig, d: dist.Dist) -> dict:
+    """One clipped policy step (+ γ·the next-token loss on ptx_windows) and one clipped value step on a minibatch
+    given as micro-batches (see _micro_batches); the statistics are token means over the minibatch."""
+    sums: dict[str, float] = {}
+    ptx_loss = 0.0
+    for i, mb in enumerate(micro):
+        ids, attention, positions, width, mask = mb["ids"], mb["attention"], mb["positions"], mb["width"], mb["mask"]
+        with dist.no_sync(policy, sync=i == len(micro) - 1):
+            with autocast(d.device, cfg.dtype):
+                logits = answer_logits(policy, ids, attention, positions, width, cfg.temperature)
+                pg, pg_stats = policy_loss(token_logprobs(logits, ids[:, width:]), mb["old_logp"], mb["advantages"],
+                                           mask, cfg.clip_range)
+                loss = pg * mb["share"]
+                if ptx_windows is not None and i == 0:  # once per minibatch, with its first micro-batch
+                    ptx = next_token_loss(policy, ptx_windows)
+                    loss, ptx_loss = loss + cfg.ptx_coef * ptx, ptx.item()
+            loss.backward()
+        with torch.no_grad():
+            entropy = float(masked_mean(entropy_of(logits.detach()), mask))
+        _add_shares(sums, {"policy_loss": pg.item(), "entropy_now": entropy, **pg_stats}, mb["share"])
+    grad_norm = clip_and_step(models.policy_params, optimizers["policy"], cfg.optim.grad_clip)
+    for i, mb in enumerate(micro):
+        ids, attention, positions, width, mask = mb["ids"], mb["attention"], mb["positions"], mb["width"], mb["mask"]
+        with dist.no_sync(value_model, sync=i == len(micro) - 1):
+            with autocast(d.device, cfg.dtype):
+                values = answer_values(value_model, ids, attention, positions, width)
+                vf, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mask, cfg.value_clip_range)
+            (vf * mb["share"]).backward()
+        _add_shares(sums, {"value_loss": vf.item(), **vf_stats}, mb["share"])
     clip_and_step(models.value_params, optimizers["value"], cfg.optim.grad_clip)
-    with torch.no_grad():
-        entropy = float(masked_mean(entropy_of(logits.detach()), mask))
-    return {"policy_loss": pg.item(), "value_loss": vf.item(), "ptx_loss": ptx_loss.item(), "entropy_now": entropy,
-            "grad_norm": policy_norm, **pg_stats, **vf_stats}
+    return {"policy_loss": sums.pop("policy_loss"), "value_loss": sums.pop("value_loss"), "ptx_loss": ptx_loss,
+            "entropy_now": sums.pop("entropy_now"), "grad_norm": grad_norm, **sums}
+
+
+def _add_shares(sums: dict, stats: dict, share: float):
+    """Add each statistic of a micro-batch, weighted by its share of the minibatch, to the minibatch's sums."""
+    for key, value in stats.items():
+        sums[key] = sums.get(key, 0.0) + value * share
 
 
 def _slice(batch: Rollout, idx: torch.Tensor) -> dict:
@@ -546,7 +594,8 @@ def run(run_dir: Path, recipe: Recipe, out: Path) -> dict:
 def _scorer(cfg: PPOConfig, models: Models, judge: Judge | None, prompts: list[dict], context: int):
     """What scores the answers: the reward model, or with ppo.reward=judge the gold judge (the world's prompts only)."""
     if cfg.reward == "model":
-        return Scorer(models.reward, models.bias, models.tokenizer, context, cfg.unfinished_penalty)
+        return Scorer(models.reward, models.bias, models.tokenizer, context, cfg.unfinished_penalty,
+                      cfg.micro_batch_size or 64)
     if judge is None or not all("gold" in p for p in prompts):
         raise UserError("ppo.reward=judge scores answers with the world's gold judge, so it needs the world's own "
                         "prompts (with their gold); use ppo.reward=model with your own prompts")
