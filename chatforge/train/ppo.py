@@ -331,10 +331,11 @@ class Rollout:
 
 class Scorer:
     """The frozen reward model's score of decoded answers (re-encoded exactly as it was trained: conversation,
-    answer, <|im_end|>), plus bias; an answer that never ended is scored as cut there, less the penalty."""
+    answer, <|im_end|>), plus bias; an answer that never ended is scored as cut there, less the penalty.
+    batch_size: answers per forward pass (0: all at once), as ppo.micro_batch_size."""
 
     def __init__(self, reward_model, bias: float, tokenizer, max_len: int, unfinished_penalty: float,
-                 batch_size: int = 64):
+                 batch_size: int = 0):
         self.model, self.bias, self.tokenizer = reward_model, bias, tokenizer
         self.max_len, self.penalty, self.batch_size = max_len, unfinished_penalty, batch_size
 
@@ -342,7 +343,8 @@ class Scorer:
     def __call__(self, prompts: list[dict], texts: list[str], finished: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """(score with penalty [B], the reward model's own score [B])."""
         seqs = [answer_ids(self.tokenizer, p["messages"], t, self.max_len) for p, t in zip(prompts, texts)]
-        raw = torch.tensor(rewards_of_seqs(self.model, seqs, self.model.config.pad_token_id, self.batch_size)) + self.bias
+        pad_id = self.model.config.pad_token_id
+        raw = torch.tensor(rewards_of_seqs(self.model, seqs, pad_id, self.batch_size or len(seqs))) + self.bias
         return raw - _unfinished(finished, self.penalty), raw
 
 
@@ -413,10 +415,15 @@ def _row_slices(n: int, size: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, n, size)]
 
 
+def _first_prompt_column(attention_BL: torch.Tensor, prompt_width: int) -> int:
+    """The first column of the left-padded prompts that some row uses: those before it are padding in every row."""
+    return int(attention_BL[:, :prompt_width].any(0).float().argmax())
+
+
 def _score_rows(models: Models, ids, attention, positions, width: int, cfg: PPOConfig, device):
     """(log π_old, log π_ref, V, entropy of π_old), each [B, T], of the answers in rows laid out as the rollout's.
     Prompt columns that are padding in every row are left out: a slice of short prompts needs fewer."""
-    first = int(attention[:, :width].any(0).float().argmax())
+    first = _first_prompt_column(attention, width)
     ids, attention, positions, width = ids[:, first:], attention[:, first:], positions[:, first:], width - first
     tokens = ids[:, width:]
     with autocast(device, cfg.dtype):
@@ -475,9 +482,9 @@ def _micro_batches(batch: Rollout, idx: torch.Tensor, size: int) -> list[dict]:
     """Minibatch `idx` in micro-batches of `size` episodes (0: one), each with its share of the minibatch's answer
     tokens: the weight of its loss, so that the accumulated gradient is that of the token mean over the minibatch."""
     micro = [_slice(batch, idx[rows]) for rows in _row_slices(len(idx), size)]
-    counts = [float(mb["mask"].sum()) for mb in micro]
-    for mb, count in zip(micro, counts):
-        mb["share"] = count / sum(counts) if sum(counts) else 1 / len(micro)
+    total = float(batch.answer_mask[idx].sum())  # > 0: every answer has a token, its stop or max_new_tokens of text
+    for mb in micro:
+        mb["share"] = float(mb["mask"].sum()) / total
     return micro
 
 
@@ -512,8 +519,7 @@ def _minibatch_step(policy, value_model, models: Models, optimizers: dict, micro
             (vf * mb["share"]).backward()
         _add_shares(sums, {"value_loss": vf.item(), **vf_stats}, mb["share"])
     clip_and_step(models.value_params, optimizers["value"], cfg.optim.grad_clip)
-    return {"policy_loss": sums.pop("policy_loss"), "value_loss": sums.pop("value_loss"), "ptx_loss": ptx_loss,
-            "entropy_now": sums.pop("entropy_now"), "grad_norm": grad_norm, **sums}
+    return {**sums, "ptx_loss": ptx_loss, "grad_norm": grad_norm}
 
 
 def _add_shares(sums: dict, stats: dict, share: float):
@@ -528,7 +534,7 @@ def _slice(batch: Rollout, idx: torch.Tensor) -> dict:
     idx = idx.to(batch.ids.device)
     attention = batch.attention[idx]
     width = batch.prompt_width
-    first = int(attention[:, :width].any(0).float().argmax())  # the first prompt column some row uses
+    first = _first_prompt_column(attention, width)
     keep = max(1, int(batch.answer_mask[idx].sum(1).max()))  # answer columns some row uses
     cols = slice(first, width + keep)
     out = {"ids": batch.ids[idx][:, cols], "attention": attention[:, cols], "positions": batch.positions[idx][:, cols],
@@ -595,7 +601,7 @@ def _scorer(cfg: PPOConfig, models: Models, judge: Judge | None, prompts: list[d
     """What scores the answers: the reward model, or with ppo.reward=judge the gold judge (the world's prompts only)."""
     if cfg.reward == "model":
         return Scorer(models.reward, models.bias, models.tokenizer, context, cfg.unfinished_penalty,
-                      cfg.micro_batch_size or 64)
+                      cfg.micro_batch_size)
     if judge is None or not all("gold" in p for p in prompts):
         raise UserError("ppo.reward=judge scores answers with the world's gold judge, so it needs the world's own "
                         "prompts (with their gold); use ppo.reward=model with your own prompts")
